@@ -1,0 +1,8 @@
+"""Public Keras layers, one per module."""
+
+from capskeras.layers.capsule_dense import CapsuleDense
+from capskeras.layers.capsule_length import CapsuleLength
+from capskeras.layers.capsule_mask import CapsuleMask
+from capskeras.layers.k_sparse import KSparse
+from capskeras.layers.primary_capsules import PrimaryCapsules
+from capskeras.layers.stop_gradient import StopGradient

@@ -1,0 +1,216 @@
+"""Capsule network losses: margin loss and reconstruction loss.
+
+The functions follow the Keras loss signature `fn(y_true, y_pred)` and return
+one value per sample (shape `[batch]`), so Keras applies sample weights and
+reduces to the batch mean. Half precision predictions are upcast to
+`float32`.
+"""
+
+import keras
+from keras import ops
+
+
+def _as_float(x):
+    x = ops.convert_to_tensor(x)
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if dtype in ("float16", "bfloat16") or "float" not in dtype:
+        return ops.cast(x, "float32")
+    return x
+
+
+def _one_hot_targets(y_true, num_classes, dtype):
+    """One-hot `[B, K]` from one-hot `[B, K]` or integer `[B]` / `[B, 1]`."""
+    y_true = ops.convert_to_tensor(y_true)
+    rank = len(y_true.shape)
+    if rank == 1 or (rank == 2 and y_true.shape[-1] == 1 and num_classes != 1):
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        return ops.one_hot(labels, num_classes, dtype=dtype)
+    if rank == 2 and y_true.shape[-1] == num_classes:
+        return ops.cast(y_true, dtype)
+    raise ValueError(
+        "margin_loss expects y_true as integer labels of shape (batch,) or "
+        f"(batch, 1), or one-hot of shape (batch, {num_classes}). Received: "
+        f"y_true.shape={tuple(y_true.shape)}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+def margin_loss(y_true, y_pred, m_plus=0.9, m_minus=0.1, down_weight=0.5):
+    """Margin loss of Sabour et al. (2017), per sample.
+
+    `L = sum_k T_k max(0, m_plus - |v_k|)^2
+    + down_weight (1 - T_k) max(0, |v_k| - m_minus)^2`.
+
+    Args:
+        y_true: One-hot targets `(batch, K)`, or integer labels `(batch,)` or
+            `(batch, 1)` (told apart by rank and last dimension).
+        y_pred: Capsule lengths `(batch, K)`, e.g. from `CapsuleLength`.
+        m_plus: Lower margin for the present class. Defaults to `0.9`.
+        m_minus: Upper margin for absent classes. Defaults to `0.1`.
+        down_weight: Weight `lambda` of the absent-class term.
+            Defaults to `0.5`.
+
+    Returns:
+        Loss per sample, shape `(batch,)`.
+
+    Example:
+
+    ```python
+    margin_loss([0, 1], [[0.95, 0.2], [0.3, 0.5]])
+    # [0.5 * 0.1**2, 0.4**2 + 0.5 * 0.2**2] = [0.005, 0.18]
+    ```
+
+    Reference:
+        Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules",
+        NeurIPS 2017, eq. 4. https://arxiv.org/abs/1710.09829
+    """
+    y_pred = _as_float(y_pred)
+    targets = _one_hot_targets(y_true, y_pred.shape[-1], y_pred.dtype)
+    present = ops.square(ops.relu(m_plus - y_pred))
+    absent = ops.square(ops.relu(y_pred - m_minus))
+    per_class = targets * present + down_weight * (1.0 - targets) * absent
+    return ops.sum(per_class, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+def reconstruction_loss(images, reconstructions, scale=0.0005):
+    """Scaled sum of squared pixel errors per image.
+
+    `images` and `reconstructions` may have different shapes with the same
+    number of values per sample (e.g. `(B, 28, 28, 1)` and `(B, 784)`).
+
+    Args:
+        images: Target images, `(batch, ...)`.
+        reconstructions: Decoder outputs, `(batch, ...)`.
+        scale: Multiplier, `0.0005` in the paper so that the reconstruction
+            term does not dominate the margin loss.
+
+    Returns:
+        `scale * sum((images - reconstructions)**2)` per sample, shape
+        `(batch,)`.
+
+    Example:
+
+    ```python
+    reconstruction_loss(ops.ones((2, 28, 28, 1)), ops.zeros((2, 784)))
+    # [0.392, 0.392] = 0.0005 * 784
+    ```
+
+    Reference:
+        Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules",
+        NeurIPS 2017, section 4.1. https://arxiv.org/abs/1710.09829
+    """
+    reconstructions = _as_float(reconstructions)
+    images = ops.cast(images, reconstructions.dtype)
+    batch = ops.shape(reconstructions)[0]
+    images = ops.reshape(images, (batch, -1))
+    reconstructions = ops.reshape(reconstructions, (batch, -1))
+    return scale * ops.sum(ops.square(images - reconstructions), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+class MarginLoss(keras.losses.Loss):
+    """Margin loss of Sabour et al. (2017) as a `keras.losses.Loss`.
+
+    See `margin_loss`. `y_true` may be one-hot `(batch, K)` or integer labels
+    `(batch,)` / `(batch, 1)`; `y_pred` are capsule lengths `(batch, K)`.
+
+    Args:
+        m_plus: Lower margin for the present class. Defaults to `0.9`.
+        m_minus: Upper margin for absent classes. Defaults to `0.1`.
+        down_weight: Weight of the absent-class term. Defaults to `0.5`.
+        reduction: Keras reduction. Defaults to `"sum_over_batch_size"`.
+        name: Loss name. Defaults to `"margin_loss"`.
+        dtype: Dtype of the loss computation. Defaults to `None` (floatx).
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss=MarginLoss())
+    ```
+
+    Reference:
+        Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules",
+        NeurIPS 2017, eq. 4. https://arxiv.org/abs/1710.09829
+    """
+
+    def __init__(
+        self,
+        m_plus=0.9,
+        m_minus=0.1,
+        down_weight=0.5,
+        reduction="sum_over_batch_size",
+        name="margin_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.m_plus = float(m_plus)
+        self.m_minus = float(m_minus)
+        self.down_weight = float(down_weight)
+
+    def call(self, y_true, y_pred):
+        return margin_loss(
+            y_true,
+            y_pred,
+            m_plus=self.m_plus,
+            m_minus=self.m_minus,
+            down_weight=self.down_weight,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "m_plus": self.m_plus,
+                "m_minus": self.m_minus,
+                "down_weight": self.down_weight,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+class ReconstructionLoss(keras.losses.Loss):
+    """Scaled sum-of-squares reconstruction loss as a `keras.losses.Loss`.
+
+    See `reconstruction_loss`. `y_true` are the images, `y_pred` the decoder
+    outputs; they may differ in shape but not in values per sample.
+
+    Args:
+        scale: Multiplier of the per-image sum of squared errors.
+            Defaults to `0.0005`.
+        reduction: Keras reduction. Defaults to `"sum_over_batch_size"`.
+        name: Loss name. Defaults to `"reconstruction_loss"`.
+        dtype: Dtype of the loss computation. Defaults to `None` (floatx).
+
+    Example:
+
+    ```python
+    model.compile(
+        optimizer="adam",
+        loss={"lengths": MarginLoss(), "reconstruction": ReconstructionLoss()},
+    )
+    ```
+
+    Reference:
+        Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules",
+        NeurIPS 2017, section 4.1. https://arxiv.org/abs/1710.09829
+    """
+
+    def __init__(
+        self,
+        scale=0.0005,
+        reduction="sum_over_batch_size",
+        name="reconstruction_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.scale = float(scale)
+
+    def call(self, y_true, y_pred):
+        return reconstruction_loss(y_true, y_pred, scale=self.scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"scale": self.scale})
+        return config
