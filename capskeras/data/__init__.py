@@ -1,0 +1,7 @@
+"""tf.data pipelines on TensorFlow Datasets, and image transforms."""
+
+from capskeras.data.mnist import DatasetNotFoundError
+from capskeras.data.mnist import IMAGE_SHAPE
+from capskeras.data.mnist import NUM_CLASSES
+from capskeras.data.mnist import load_mnist
+from capskeras.data.mnist import prepared_builder
