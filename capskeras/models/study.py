@@ -1,0 +1,92 @@
+"""The equivariance study's model: an encoder with one head on top."""
+
+import keras
+
+from capskeras.layers.stop_gradient import StopGradient
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+class StudyModel(keras.Model):
+    """An encoder followed by a head, with the encoder optionally frozen.
+
+    A frozen encoder is not trainable, runs in inference mode and sits
+    behind a `StopGradient`, so `fit` trains the head alone and the
+    encoder's weights never change.
+
+    Args:
+        encoder: a model mapping `[B, H, W, C]` images to `[B, code_dim]`.
+        head: a head from `capskeras.models.heads`.
+        freeze_encoder: bool, freeze the encoder under the head.
+
+    Call arguments:
+        images: `[B, H, W, C]` float images in [0, 1].
+        training: Python bool.
+
+    Returns:
+        The head's output (logits or a reconstruction). `serving_outputs`
+        returns the serving dict: `encoding` and the head's outputs.
+
+    Example:
+
+    >>> from capskeras.models import build_study_model
+    >>> model = build_study_model("deep_bp", "class")
+    >>> model.compile("adam", model.head.default_loss(), metrics=model.head.default_metrics())
+
+    Reference:
+        Rawlinson, Ahmed and Kowadlo, "Sparse Unsupervised Capsules
+        Generalize Better", 2018.
+    """
+
+    def __init__(self, encoder, head, freeze_encoder=False, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.head = head
+        self.freeze_encoder = bool(freeze_encoder)
+        self.stop_gradient = StopGradient(name="stop_gradient")
+        if self.freeze_encoder:
+            self.encoder.trainable = False
+
+    def build(self, input_shape):
+        # On loading, the parts arrive already built from their own configs.
+        if not self.encoder.built:
+            self.encoder.build(input_shape)
+        if not self.head.built:
+            self.head.build(self.encoder.compute_output_shape(input_shape))
+
+    def encode(self, images, training=False):
+        if self.freeze_encoder:
+            return self.stop_gradient(self.encoder(images, training=False))
+        return self.encoder(images, training=training)
+
+    def call(self, images, training=False):
+        return self.head(self.encode(images, training=training))
+
+    def serving_outputs(self, images):
+        """The serving dict for a batch of images, in inference mode."""
+        code = self.encode(images, training=False)
+        outputs = {"encoding": code}
+        outputs.update(self.head.serving_outputs(self.head(code)))
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.head.compute_output_shape(
+            self.encoder.compute_output_shape(input_shape)
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "head": keras.saving.serialize_keras_object(self.head),
+                "freeze_encoder": self.freeze_encoder,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        return cls(**config)

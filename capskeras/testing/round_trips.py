@@ -1,0 +1,61 @@
+"""Assertions every capskeras layer and model must pass."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.export import ExportArchive
+
+
+def assert_keras_round_trip(model, inputs, atol=1e-6):
+    """Saves `model` as `.keras`, loads it back and compares outputs on `inputs`.
+
+    Returns the reloaded model.
+    """
+    expected = keras.ops.convert_to_numpy(model(inputs, training=False))
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.keras")
+        model.save(path)
+        reloaded = keras.saving.load_model(path)
+    assert type(reloaded) is type(model), (type(reloaded), type(model))
+    assert reloaded.get_config() == model.get_config()
+    actual = keras.ops.convert_to_numpy(reloaded(inputs, training=False))
+    np.testing.assert_allclose(actual, expected, atol=atol)
+    return reloaded
+
+
+def assert_saved_model_round_trip(model, inputs, atol=1e-5):
+    """Exports `model`'s inference call as a SavedModel and compares outputs."""
+    expected = keras.ops.convert_to_numpy(model(inputs, training=False))
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((None,) + tuple(inputs.shape[1:]), tf.float32)],
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        archive.write_out(directory, verbose=False)
+        reloaded = tf.saved_model.load(directory)
+        actual = reloaded.serve(tf.constant(inputs, tf.float32)).numpy()
+    np.testing.assert_allclose(actual, expected, atol=atol)
+
+
+def assert_weights_unchanged_by_fit(model, variables, x, y, epochs=2):
+    """Fits `model` on `(x, y)` and asserts `variables` kept their values.
+
+    `model` must be compiled. Also asserts that training did change the
+    model somewhere, so the check cannot pass on a model that never trains.
+    """
+    before = [np.array(v.numpy()) for v in variables]
+    trainable_before = [np.array(v.numpy()) for v in model.trainable_variables]
+    model.fit(x, y, epochs=epochs, batch_size=max(1, len(x) // 2), verbose=0)
+    for variable, value in zip(variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    changed = [
+        not np.array_equal(v.numpy(), value)
+        for v, value in zip(model.trainable_variables, trainable_before)
+    ]
+    assert any(changed), "fit changed no trainable variable; the check is vacuous"
