@@ -1,0 +1,1 @@
+"""Generalization and equivariance evaluation, and the figures they draw."""

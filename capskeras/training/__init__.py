@@ -1,0 +1,1 @@
+"""The absl trainer: flags -> config -> model -> fit -> export."""
