@@ -86,7 +86,7 @@ class TrainConfig:
             value = getattr(self, field.name)
             if not _has_type(value, field.type):
                 raise ValueError(
-                    f"Received: {field.name}={value!r}; expected a {field.type.__name__}"
+                    f"Received: {field.name}={value!r}; expected {_TYPE_NAMES[field.type]}"
                 )
             if choices and value not in choices:
                 raise ValueError(
@@ -124,6 +124,9 @@ class TrainConfig:
             else:
                 lines.append(f"--{name}={value}")
         return "\n".join(lines) + "\n"
+
+
+_TYPE_NAMES = {int: "an int", float: "a float", str: "a string", bool: "a bool", tuple: "a tuple"}
 
 
 def _has_type(value, expected):

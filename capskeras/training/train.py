@@ -62,19 +62,24 @@ def _train(config):
     keras.utils.set_random_seed(config.seed)
     strategy = strategies.make_strategy(config.distribution_strategy)
     chief = strategies.is_chief()
-    if chief:
-        os.makedirs(config.model_dir, exist_ok=True)
-        _write(os.path.join(config.model_dir, "config.json"), config.to_json())
-        _write(os.path.join(config.model_dir, "flags.cfg"), config.to_flagfile())
-
     spec = registry.encoder_spec(config.encoder)
     head_class = registry.HEADS[config.head]
     image_shape = image_shape_of(config)
     train_data = _dataset(config, "train", head_class.target)
     test_data = _dataset(config, "test", head_class.target)
+    if chief:
+        os.makedirs(config.model_dir, exist_ok=True)
+        _write(os.path.join(config.model_dir, "config.json"), config.to_json())
+        _write(os.path.join(config.model_dir, "flags.cfg"), config.to_flagfile())
     verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
 
-    results = {"experiment": config.experiment, "encoder": config.encoder, "head": config.head}
+    results = {
+        "experiment": config.experiment,
+        "encoder": config.encoder,
+        "head": config.head,
+        "distribution_strategy": config.distribution_strategy,
+        "replicas": strategy.num_replicas_in_sync,
+    }
     pretrained_encoder = None
     if spec.pretrain_as_autoencoder:
         pretrained_encoder, results["pretrain"] = _pretrain_encoder(
@@ -178,7 +183,7 @@ def _fit(config, model, data, epochs, checkpoint_subdir, chief, verbose, extra_c
     if initial_epoch < epochs:
         model.fit(
             data, epochs=epochs, initial_epoch=initial_epoch,
-            callbacks=fit_callbacks, verbose=verbose,
+            callbacks=fit_callbacks, verbose=verbose, shuffle=False,
         )
     return {
         "epochs": max(epochs, initial_epoch),

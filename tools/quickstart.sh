@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's main job: set up, train on real MNIST, evaluate, export, draw.
+# Extra arguments override the flagfile, e.g. --epochs=1.
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+capskeras-train --flagfile=flags/quickstart.cfg "$@"
+echo
+echo "Serving signature of the newest export:"
+latest="$(ls -d saved_models/quickstart/*/ | sort -t/ -k3 -n | tail -1)"
+saved_model_cli show --dir "$latest" --tag_set serve --signature_def serving_default
+echo
+echo "Reconstructions drawn to runs/quickstart/reconstructions.png"
