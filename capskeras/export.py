@@ -50,7 +50,8 @@ def export_saved_model(model, export_dir, image_shape, version=None):
     versions = existing_versions(export_dir)
     if version is None:
         version = versions[-1] + 1 if versions else 1
-    if not isinstance(version, int) or version < 1 or version in versions:
+    if (not isinstance(version, int) or isinstance(version, bool) or version < 1
+            or version in versions):
         raise ValueError(
             f"Received: version={version!r}; expected an int >= 1 not already "
             f"in {export_dir} (existing: {versions})"

@@ -107,6 +107,12 @@ def load_mnist(
     _check_positive("batch_size", batch_size)
     if num_examples is not None:
         _check_positive("num_examples", num_examples)
+    if pad_to is not None and (
+        not isinstance(pad_to, int) or isinstance(pad_to, bool) or pad_to < IMAGE_SHAPE[0]
+    ):
+        raise ValueError(
+            f"Received: pad_to={pad_to!r}; expected None or an int >= {IMAGE_SHAPE[0]}"
+        )
     if not isinstance(translate_pixels, int) or translate_pixels < 0:
         raise ValueError(
             f"Received: translate_pixels={translate_pixels!r}; expected an int >= 0"
@@ -119,7 +125,7 @@ def load_mnist(
 
     def decode(example):
         image = tf.cast(example["image"], tf.float32) / 255.0
-        if pad_to:
+        if pad_to is not None:
             image = transforms.pad_to(image, pad_to)
         return image, tf.cast(example["label"], tf.int32)
 
