@@ -51,11 +51,11 @@ def tiny_config(tmp_path, **overrides):
     return TrainConfig(**settings)
 
 
-def test_the_seven_experiments_have_flagfiles():
-    assert FLAGFILES == sorted(
-        [f"enc_{encoder}_dec_{head}" for encoder in ("untrained", "deep_bp", "ksparse")
-         for head in ("recon", "class")] + ["quickstart"]
-    )
+def test_every_experiment_has_its_flagfile():
+    study = [f"enc_{encoder}_dec_{head}" for encoder in ("untrained", "deep_bp", "ksparse")
+             for head in ("recon", "class")]
+    capsules = ["capsnet_mnist", "capsnet_affnist", "lenet5_mnist", "cnn_baseline_affnist"]
+    assert FLAGFILES == sorted(study + capsules + ["quickstart"])
 
 
 @pytest.mark.parametrize("name", FLAGFILES)
@@ -67,12 +67,15 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["experiment"] == name
     assert metrics["epochs"] == 1
-    if config.head == "class":
+    classifies = config.model != "study" or config.head == "class"
+    reconstructs = config.model == "capsnet" or (config.model == "study" and config.head == "recon")
+    if classifies:
         assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
-    else:
-        assert 0.0 < metrics["test"]["mse"] < 0.25
+    if reconstructs:
         assert (run / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if config.encoder == "ksparse":
+    if config.model == "study" and config.head == "recon":
+        assert 0.0 < metrics["test"]["mse"] < 0.25
+    if config.model == "study" and config.encoder == "ksparse":
         assert metrics["pretrain"]["epochs"] == 1
         assert (run / "pretrain" / "checkpoints" / "latest.json").exists()
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["epoch"] == 1
@@ -81,13 +84,14 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
     assert config_from_flagfile(run / "flags.cfg") == config
 
     reloaded = keras.saving.load_model(run / "model.keras")
-    assert reloaded.name == f"enc_{config.encoder}_dec_{config.head}"
+    assert type(reloaded).__name__ == ("StudyModel" if config.model != "capsnet" else "CapsNet")
 
     served = tf.saved_model.load(results["export"]).signatures["serving_default"]
-    outputs = served(images=tf.zeros((2, 28, 28, 1)))
-    expected = {"encoding", "probabilities", "class_ids"} if config.head == "class" else {
-        "encoding", "reconstruction"}
-    assert set(outputs) == expected
+    side = config.pad_to or 28
+    outputs = served(images=tf.zeros((2, side, side, 1)))
+    assert "encoding" in outputs
+    assert ({"probabilities", "class_ids"} <= set(outputs)) == classifies
+    assert ("reconstruction" in outputs) == reconstructs
     assert results["export"] == str(tmp_path / "export" / "1")
 
 
@@ -101,7 +105,7 @@ def test_training_learns_to_classify_mnist(tmp_path):
 
 def test_more_epochs_resume_where_the_last_run_stopped(tmp_path):
     first = train(tiny_config(tmp_path, epochs=1))
-    model_dir = pathlib.Path(first["model"]).parent
+    model_dir = pathlib.Path(first["model_file"]).parent
     second = train(tiny_config(tmp_path, epochs=2))
     assert second["resumed_from_epoch"] == 1
     assert [record["epoch"] for record in second["history"]] == [1, 2]

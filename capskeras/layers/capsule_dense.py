@@ -37,7 +37,10 @@ class CapsuleDense(keras.layers.Layer):
         routing_iterations: Positive int, number of routing iterations.
             Defaults to `3` as in the paper. `1` means uniform couplings.
         kernel_initializer: Initializer for the transformation matrices `W`.
-            Defaults to `"glorot_uniform"`.
+            Defaults to `"random_normal"` (stddev 0.05). Glorot scaling
+            counts every input/output pair of the 4D kernel as fan-in, which
+            makes the predictions so small that squash's near-zero gradient
+            stalls the first epochs of CapsNet training.
         kernel_regularizer: Optional regularizer for `W`.
         kernel_constraint: Optional constraint for `W`.
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
@@ -79,7 +82,7 @@ class CapsuleDense(keras.layers.Layer):
         num_capsules,
         capsule_dim,
         routing_iterations=3,
-        kernel_initializer="glorot_uniform",
+        kernel_initializer="random_normal",
         kernel_regularizer=None,
         kernel_constraint=None,
         **kwargs,

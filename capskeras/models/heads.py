@@ -11,11 +11,13 @@ from keras import ops
 
 
 class _DenseStack(keras.layers.Layer):
-    """Dense ReLU layers followed by one output layer."""
+    """Dense ReLU layers, then dropout (if any), then one output layer."""
 
-    def __init__(self, hidden_units, output_units, output_activation, **kwargs):
+    def __init__(self, hidden_units, output_units, output_activation, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.hidden_units = tuple(int(units) for units in hidden_units)
+        self.dropout = float(dropout)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
         self.dense_layers = [
             keras.layers.Dense(units, activation="relu", name=f"dense_{i}")
             for i, units in enumerate(self.hidden_units)
@@ -30,10 +32,11 @@ class _DenseStack(keras.layers.Layer):
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
 
-    def _dense_forward(self, code):
+    def _dense_forward(self, code, training=False):
         x = code
         for layer in self.dense_layers:
             x = layer(x)
+        x = self.dropout_layer(x, training=training)
         return self.output_layer(x)
 
 
@@ -108,7 +111,9 @@ class ClassificationHead(_DenseStack):
 
     Args:
         num_classes: number of classes.
-        hidden_units: sizes of the hidden ReLU layers.
+        hidden_units: sizes of the hidden ReLU layers; `()` for a single
+            softmax layer, as on the convolutional baselines.
+        dropout: dropout rate applied to the output layer's input.
 
     Call arguments:
         code: `[batch_size, code_dim]` tensor.
@@ -132,12 +137,12 @@ class ClassificationHead(_DenseStack):
 
     target = "labels"
 
-    def __init__(self, num_classes=10, hidden_units=(1024, 512), **kwargs):
+    def __init__(self, num_classes=10, hidden_units=(1024, 512), dropout=0.0, **kwargs):
         self.num_classes = int(num_classes)
-        super().__init__(hidden_units, self.num_classes, None, **kwargs)
+        super().__init__(hidden_units, self.num_classes, None, dropout, **kwargs)
 
-    def call(self, code):
-        return self._dense_forward(code)
+    def call(self, code, training=False):
+        return self._dense_forward(code, training=training)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
@@ -158,6 +163,10 @@ class ClassificationHead(_DenseStack):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"num_classes": self.num_classes, "hidden_units": self.hidden_units}
+            {
+                "num_classes": self.num_classes,
+                "hidden_units": self.hidden_units,
+                "dropout": self.dropout,
+            }
         )
         return config

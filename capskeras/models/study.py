@@ -30,7 +30,7 @@ class StudyModel(keras.Model):
 
     >>> from capskeras.models import build_study_model
     >>> model = build_study_model("deep_bp", "class")
-    >>> model.compile("adam", model.head.default_loss(), metrics=model.head.default_metrics())
+    >>> model.compile("adam", model.default_loss(), metrics=model.default_metrics())
 
     Reference:
         Rawlinson, Ahmed and Kowadlo, "Sparse Unsupervised Capsules
@@ -59,13 +59,23 @@ class StudyModel(keras.Model):
         return self.encoder(images, training=training)
 
     def call(self, images, training=False):
-        return self.head(self.encode(images, training=training))
+        return self.head(self.encode(images, training=training), training=training)
+
+    def make_example(self, images, labels):
+        """The `(inputs, targets)` pair `fit` and `evaluate` take."""
+        return (images, images) if self.head.target == "images" else (images, labels)
+
+    def default_loss(self):
+        return self.head.default_loss()
+
+    def default_metrics(self):
+        return self.head.default_metrics()
 
     def serving_outputs(self, images):
         """The serving dict for a batch of images, in inference mode."""
         code = self.encode(images, training=False)
         outputs = {"encoding": code}
-        outputs.update(self.head.serving_outputs(self.head(code)))
+        outputs.update(self.head.serving_outputs(self.head(code, training=False)))
         return outputs
 
     def compute_output_shape(self, input_shape):

@@ -13,9 +13,10 @@ from keras.export import ExportArchive
 def assert_keras_round_trip(model, inputs, atol=1e-6):
     """Saves `model` as `.keras`, loads it back and compares outputs on `inputs`.
 
+    Outputs may be a tensor or any nest of tensors (a dict for CapsNet).
     Returns the reloaded model.
     """
-    expected = keras.ops.convert_to_numpy(model(inputs, training=False))
+    expected = _numpy(model(inputs, training=False))
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model.keras")
         model.save(path)
@@ -23,8 +24,10 @@ def assert_keras_round_trip(model, inputs, atol=1e-6):
     assert type(reloaded) is type(model), (type(reloaded), type(model))
     # JSON turns tuples into lists; compare the configs as saved.
     assert _as_json(reloaded.get_config()) == _as_json(model.get_config())
-    actual = keras.ops.convert_to_numpy(reloaded(inputs, training=False))
-    np.testing.assert_allclose(actual, expected, atol=atol)
+    actual = _numpy(reloaded(inputs, training=False))
+    keras.tree.map_structure(
+        lambda a, e: np.testing.assert_allclose(a, e, atol=atol), actual, expected
+    )
     return reloaded
 
 
@@ -65,3 +68,7 @@ def assert_weights_unchanged_by_fit(model, variables, x, y, epochs=2):
 
 def _as_json(config):
     return json.loads(json.dumps(config, default=str))
+
+
+def _numpy(outputs):
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)

@@ -25,9 +25,12 @@ def _field(default, help, choices=None):
 class TrainConfig:
     """Everything one training run needs; see each field's help."""
 
-    experiment: str = _field("", "Name of the run; defaults to enc_<encoder>_dec_<head>.")
-    encoder: str = _field("deep_bp", "Encoder, a name registered in capskeras.models.ENCODERS.")
-    head: str = _field("class", "Head, a name registered in capskeras.models.HEADS.")
+    experiment: str = _field(
+        "", "Name of the run; defaults to the model's name, enc_<encoder>_dec_<head> for the study."
+    )
+    model: str = _field("study", "Model, a name registered in capskeras.models.MODELS.")
+    encoder: str = _field("deep_bp", "Study model: encoder, a name in capskeras.models.ENCODERS.")
+    head: str = _field("class", "Study model: head, a name in capskeras.models.HEADS.")
     epochs: int = _field(1, "Epochs of the head (and trained-through encoder).")
     train_examples: int = _field(0, "Use only the first N training examples; 0 for all.")
     eval_examples: int = _field(0, "Evaluate on the first N test examples; 0 for all.")
@@ -61,6 +64,7 @@ class TrainConfig:
     ksparse_schedule_epochs: int = _field(
         0, "k-sparse encoder: pretraining epochs over which k falls to its target."
     )
+    routing_iterations: int = _field(3, "Capsule models: routing-by-agreement iterations.")
     pretrain_epochs: int = _field(1, "Epochs of autoencoder pretraining, for encoders that need it.")
     keep_checkpoints: int = _field(3, "Epoch checkpoints kept in <model_dir>/checkpoints.")
     plot_reconstructions: bool = _field(
@@ -71,7 +75,9 @@ class TrainConfig:
     def __post_init__(self):
         self.ksparse_k = tuple(int(k) for k in self.ksparse_k)
         if not self.experiment:
-            self.experiment = f"enc_{self.encoder}_dec_{self.head}"
+            self.experiment = (
+                f"enc_{self.encoder}_dec_{self.head}" if self.model == "study" else self.model
+            )
         if not self.model_dir:
             self.model_dir = f"runs/{self.experiment}"
 
@@ -79,8 +85,10 @@ class TrainConfig:
         """Raises ValueError naming the first bad value and what is accepted."""
         from capskeras.models import registry
 
-        registry.encoder_spec(self.encoder)
-        registry.build_head(self.head)
+        registry.model_spec(self.model)
+        if self.model == "study":
+            registry.encoder_spec(self.encoder)
+            registry.build_head(self.head)
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
             value = getattr(self, field.name)
@@ -105,6 +113,7 @@ class TrainConfig:
         _check(self, "ksparse_alpha", lambda v: v >= 1, "a float >= 1")
         _check(self, "ksparse_initial_factor", lambda v: v >= 1, "a float >= 1")
         _check(self, "ksparse_schedule_epochs", lambda v: v >= 0, "an int >= 0")
+        _check(self, "routing_iterations", lambda v: v >= 1, "an int >= 1")
         _check(self, "pretrain_epochs", lambda v: v >= 1, "an int >= 1")
         _check(self, "keep_checkpoints", lambda v: v >= 1, "an int >= 1")
         _check(self, "verbose", lambda v: v in (-1, 0, 1, 2), "one of -1, 0, 1, 2")

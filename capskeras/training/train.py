@@ -31,7 +31,7 @@ from capskeras.training.config import TrainConfig
 from capskeras.training.flags import config_from_flags
 
 # Settings that fix the model's variables: a run cannot resume under others.
-MODEL_DEFINING = ("encoder", "head", "pad_to", "ksparse_k")
+MODEL_DEFINING = ("model", "encoder", "head", "pad_to", "ksparse_k", "routing_iterations")
 
 
 class IncompatibleRunError(ValueError):
@@ -60,50 +60,49 @@ def train(config):
 
 def _train(config):
     keras.utils.set_random_seed(config.seed)
+    # Fail on missing data before anything is written.
+    mnist.prepared_builder("mnist", data_dir=config.data_dir or None, download=config.download)
     strategy = strategies.make_strategy(config.distribution_strategy)
     chief = strategies.is_chief()
-    spec = registry.encoder_spec(config.encoder)
-    head_class = registry.HEADS[config.head]
-    image_shape = image_shape_of(config)
-    train_data = _dataset(config, "train", head_class.target)
-    test_data = _dataset(config, "test", head_class.target)
     if chief:
         os.makedirs(config.model_dir, exist_ok=True)
         _write(os.path.join(config.model_dir, "config.json"), config.to_json())
         _write(os.path.join(config.model_dir, "flags.cfg"), config.to_flagfile())
     verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
-
     results = {
         "experiment": config.experiment,
-        "encoder": config.encoder,
-        "head": config.head,
+        "model": config.model,
         "distribution_strategy": config.distribution_strategy,
         "replicas": strategy.num_replicas_in_sync,
     }
-    pretrained_encoder = None
-    if spec.pretrain_as_autoencoder:
-        pretrained_encoder, results["pretrain"] = _pretrain_encoder(
-            config, spec, image_shape, strategy, chief, verbose
-        )
+    if config.model == "study":
+        results.update(encoder=config.encoder, head=config.head)
 
+    pretrained_encoder = None
+    if config.model == "study" and registry.encoder_spec(config.encoder).pretrain_as_autoencoder:
+        pretrained_encoder, results["pretrain"] = _pretrain_encoder(config, strategy, chief, verbose)
     with strategy.scope():
         model = build_model(config, pretrained_encoder)
-    results.update(
-        _fit(config, model, train_data, config.epochs, "checkpoints", chief, verbose)
-    )
+    train_data = _examples(config, "train", model)
+    test_data = _examples(config, "test", model)
+
+    results.update(_fit(config, model, train_data, config.epochs, "checkpoints", chief, verbose))
     results["test"] = _evaluate(model, test_data)
     results["params"] = model.count_params()
     logging.info("%s test metrics: %s", config.experiment, results["test"])
 
     if chief:
-        if config.head == "recon" and config.plot_reconstructions:
-            images = next(iter(test_data))[0][:10]
-            reconstructions = model.predict_on_batch(images)
-            results["reconstructions_png"] = plots.save_reconstruction_grid(
-                images, reconstructions, os.path.join(config.model_dir, "reconstructions.png"),
-                title=f"{config.experiment}: test digits (top) and reconstructions",
-            )
-        results["model"] = _save_model(model, config.model_dir)
+        image_shape = image_shape_of(config)
+        if config.plot_reconstructions:
+            images = next(iter(_images(config, "test", batch_size=10, num_examples=10)))
+            outputs = model.serving_outputs(images)
+            if "reconstruction" in outputs:
+                results["reconstructions_png"] = plots.save_reconstruction_grid(
+                    images, outputs["reconstruction"],
+                    os.path.join(config.model_dir, "reconstructions.png"),
+                    title=f"{config.experiment}: test digits (top) and reconstructions",
+                )
+        results["model_file"] = _save_model(model, config.model_dir)
         if config.export_dir:
             results["export"] = export.export_saved_model(model, config.export_dir, image_shape)
             logging.info("Exported SavedModel to %s", results["export"])
@@ -121,29 +120,29 @@ def build_model(config, pretrained_encoder=None):
 
     Call it under the strategy's scope to distribute it.
     """
-    model = registry.build_study_model(
-        config.encoder,
-        config.head,
-        image_shape=image_shape_of(config),
-        seed=config.seed,
-        encoder_options=_encoder_options(config, registry.encoder_spec(config.encoder)),
-        pretrained_encoder=pretrained_encoder,
+    spec = registry.model_spec(config.model)
+    options = {name: getattr(config, name) for name in spec.options}
+    if pretrained_encoder is not None:
+        options["pretrained_encoder"] = pretrained_encoder
+    model = registry.build_model(
+        config.model, image_shape_of(config), seed=config.seed, **options
     )
     model.compile(
         optimizer=_optimizer(config),
-        loss=model.head.default_loss(),
-        metrics=model.head.default_metrics(),
+        loss=model.default_loss(),
+        metrics=model.default_metrics(),
         jit_compile=config.jit_compile,
     )
     return model
 
 
-def _pretrain_encoder(config, spec, image_shape, strategy, chief, verbose):
+def _pretrain_encoder(config, strategy, chief, verbose):
     """Trains the encoder as a (k-sparse) autoencoder; returns it and its metrics."""
-    images_data = _dataset(config, "train", "images")
+    spec = registry.encoder_spec(config.encoder)
+    image_shape = image_shape_of(config)
     with strategy.scope():
         encoder = spec.build(
-            image_shape, seed=config.seed, **_encoder_options(config, spec)
+            image_shape, seed=config.seed, **{name: getattr(config, name) for name in spec.options}
         )
         autoencoder = Autoencoder(encoder, name="autoencoder")
         autoencoder.build((None,) + tuple(image_shape))
@@ -155,13 +154,13 @@ def _pretrain_encoder(config, spec, image_shape, strategy, chief, verbose):
     schedule = callbacks.KSparseSchedule(
         config.ksparse_initial_factor, config.ksparse_schedule_epochs
     )
+    autoencode = lambda images: (images, images)  # noqa: E731
     metrics = _fit(
-        config, autoencoder, images_data, config.pretrain_epochs,
+        config, autoencoder, _images(config, "train").map(autoencode), config.pretrain_epochs,
         os.path.join("pretrain", "checkpoints"), chief, verbose, extra_callbacks=[schedule],
     )
     callbacks.set_target_k(autoencoder)
-    test_images = _dataset(config, "test", "images")
-    metrics["test"] = _evaluate(autoencoder, test_images)
+    metrics["test"] = _evaluate(autoencoder, _images(config, "test").map(autoencode))
     return encoder, metrics
 
 
@@ -194,19 +193,36 @@ def _fit(config, model, data, epochs, checkpoint_subdir, chief, verbose, extra_c
 
 
 def _evaluate(model, data):
-    return {name: float(value) for name, value in model.evaluate(data, return_dict=True, verbose=0).items()}
+    """Test metrics as floats; `accuracy` also names an output's accuracy."""
+    metrics = model.evaluate(data, return_dict=True, verbose=0)
+    metrics = {name: float(value) for name, value in metrics.items()}
+    per_output = [name for name in metrics if name.endswith("_accuracy")]
+    if "accuracy" not in metrics and len(per_output) == 1:
+        metrics["accuracy"] = metrics[per_output[0]]
+    return metrics
 
 
-def _dataset(config, split, target):
+def _images(config, split, batch_size=None, num_examples=None):
+    """Batches of images alone, as the model sees them."""
+    data = _mnist(config, split, batch_size, num_examples)
+    return data.map(lambda images, labels: images)
+
+
+def _examples(config, split, model):
+    """Batches of the model's `(inputs, targets)` pairs."""
+    return _mnist(config, split).map(model.make_example)
+
+
+def _mnist(config, split, batch_size=None, num_examples=None):
     training = split == "train"
-    examples = config.train_examples if training else config.eval_examples
+    if num_examples is None:
+        num_examples = config.train_examples if training else config.eval_examples
     data = mnist.load_mnist(
         split,
-        batch_size=config.batch_size,
+        batch_size=batch_size or config.batch_size,
         data_dir=config.data_dir or None,
         download=config.download,
-        target=target,
-        num_examples=examples or None,
+        num_examples=num_examples or None,
         shuffle=training,
         seed=config.seed,
         translate_pixels=config.translate_pixels if training else 0,
@@ -224,10 +240,6 @@ def _optimizer(config):
             config.learning_rate, steps_per_epoch, config.learning_rate_decay
         )
     return keras.optimizers.Adam(learning_rate)
-
-
-def _encoder_options(config, spec):
-    return {name: getattr(config, name) for name in spec.options}
 
 
 def _check_resumable(config):
