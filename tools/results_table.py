@@ -1,0 +1,295 @@
+"""The equivariance study's results table, as Markdown.
+
+    python tools/results_table.py                      # from runs/*/metrics.json
+    python tools/results_table.py --train --epochs=2 --train_examples=10000
+
+For each encoder (untrained, deep BP, k-sparse) the table shows the test
+accuracy of its classification experiment `enc_<encoder>_dec_class` and the
+test MSE of its reconstruction experiment `enc_<encoder>_dec_recon`, the
+epochs each was trained for, and the published figures beside them.
+
+Without `--train` it reads `<runs_dir>/<experiment>/metrics.json`; runs
+that are missing show as "not run", with the command that produces them.
+With `--train` it first trains the six experiments in this process, each
+from its flagfile `flags/<experiment>.cfg` into `<runs_dir>/<experiment>`
+(resuming from checkpoints there), exporting to
+`<runs_dir>/<experiment>/saved_model`. Trainer flags given on the command
+line (`--epochs`, `--train_examples`, `--pretrain_epochs`, ...) override
+every flagfile. The table goes to stdout (and `--output`); training logs go
+to stderr.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+
+from capskeras.training.config import TrainConfig
+from capskeras.training.flags import FLAGS
+from capskeras.training.flags import config_from_flagfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLAGS_DIR = REPO / "flags"
+
+ENCODERS = ("untrained", "deep_bp", "ksparse")
+ENCODER_LABELS = {
+    "untrained": "untrained (frozen)",
+    "deep_bp": "deep BP",
+    "ksparse": "k-sparse (frozen)",
+}
+# Published (test accuracy, test reconstruction MSE); None where there is none.
+PUBLISHED = {
+    "untrained": (0.994, 0.014),
+    "deep_bp": (0.996, 0.004),
+    "ksparse": None,
+}
+# Trainer flags a run's identity depends on: the tool sets them per experiment.
+PER_EXPERIMENT_FLAGS = ("experiment", "model", "encoder", "head", "model_dir", "export_dir")
+NOT_RUN = "not run"
+DASH = "—"
+
+
+def experiment_name(encoder, head):
+    """`enc_<encoder>_dec_<head>`, the name of a flagfile in `flags/`."""
+    return f"enc_{encoder}_dec_{head}"
+
+
+def experiment_names():
+    """The six experiments of the table, class then recon for each encoder."""
+    return [experiment_name(e, h) for e in ENCODERS for h in ("class", "recon")]
+
+
+def train_command(name, runs_dir="runs", overrides=()):
+    """The shell command that trains experiment `name` into `<runs_dir>/<name>`."""
+    words = [
+        "capskeras-train",
+        f"--flagfile=flags/{name}.cfg",
+        f"--model_dir={os.path.join(runs_dir, name)}",
+        f"--export_dir={os.path.join(runs_dir, name, 'saved_model')}",
+        *overrides,
+    ]
+    return " ".join(words)
+
+
+def _test_metric(metrics, key):
+    """`metrics["test"][key]`, or None when the file does not have it."""
+    try:
+        return float(metrics["test"][key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _epochs(metrics, config):
+    """Epochs trained, with k-sparse pretraining and a train_examples subset noted."""
+    text = str(metrics.get("epochs", "?"))
+    pretrain = metrics.get("pretrain")
+    if isinstance(pretrain, dict) and "epochs" in pretrain:
+        text += f" (+{pretrain['epochs']} pretrain)"
+    examples = (config or {}).get("train_examples")
+    if examples:
+        text += f" on {examples:,} examples"
+    return text
+
+
+def _published(encoder, index, as_percent):
+    figures = PUBLISHED.get(encoder)
+    if figures is None:
+        return DASH
+    value = figures[index]
+    return f"{value:.1%}" if as_percent else f"{value:g}"
+
+
+def markdown_table(metrics, configs=None, commands=None,
+                   all_command="python tools/results_table.py --train"):
+    """The study's results table as Markdown.
+
+    Args:
+        metrics: dict mapping experiment names (`enc_<encoder>_dec_<head>`)
+            to their `metrics.json` dicts; a missing name or a None value is
+            a run that has not been done.
+        configs: optional dict mapping experiment names to their resolved
+            `config.json` dicts, to note runs on a subset of the data.
+        commands: optional dict mapping experiment names to the command that
+            produces them, listed under the table for runs not done.
+        all_command: the command that produces every run, for that note.
+
+    Returns:
+        A Markdown string: the table, then a note per missing run.
+
+    Example:
+
+    >>> table = markdown_table({"enc_deep_bp_dec_class": {
+    ...     "epochs": 20, "test": {"accuracy": 0.9951}}})
+    >>> "99.51%" in table
+    True
+    """
+    configs = configs or {}
+    commands = commands or {}
+    header = (
+        "| encoder | accuracy | accuracy (published) | reconstruction MSE "
+        "| MSE (published) | epochs (class) | epochs (recon) |"
+    )
+    lines = [header, "|" + "---|" * 7]
+    missing = []
+    for encoder in ENCODERS:
+        cells = {}
+        for head, key in (("class", "accuracy"), ("recon", "mse")):
+            name = experiment_name(encoder, head)
+            run = metrics.get(name)
+            if run is None:
+                missing.append(name)
+                cells[head] = (NOT_RUN, DASH)
+                continue
+            value = _test_metric(run, key)
+            if value is None:
+                shown = f"no test {key}"
+            elif head == "class":
+                shown = f"{value:.2%}"
+            else:
+                shown = f"{value:.4f}"
+            cells[head] = (shown, _epochs(run, configs.get(name)))
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    ENCODER_LABELS.get(encoder, encoder),
+                    cells["class"][0],
+                    _published(encoder, 0, as_percent=True),
+                    cells["recon"][0],
+                    _published(encoder, 1, as_percent=False),
+                    cells["class"][1],
+                    cells["recon"][1],
+                ]
+            )
+            + " |"
+        )
+    if missing:
+        lines.append("")
+        lines.append(f"Not run yet; produce them with `{all_command}`, or one by one:")
+        lines.append("")
+        for name in missing:
+            command = commands.get(name, train_command(name))
+            lines.append(f"- `{name}`: `{command}`")
+    return "\n".join(lines) + "\n"
+
+
+def read_runs(runs_dir, names=None):
+    """`(metrics, configs)` dicts of the runs found under `runs_dir`."""
+    metrics, configs = {}, {}
+    for name in names or experiment_names():
+        for target, filename in ((metrics, "metrics.json"), (configs, "config.json")):
+            path = os.path.join(runs_dir, name, filename)
+            if os.path.exists(path):
+                with open(path) as f:
+                    target[name] = json.load(f)
+    return metrics, configs
+
+
+def trainer_overrides(flag_values=FLAGS):
+    """Trainer flags given on the command line, as `--flag=value` strings.
+
+    Raises:
+        ValueError: one of them is set per experiment by this tool.
+    """
+    overrides = []
+    for field in dataclasses.fields(TrainConfig):
+        flag = flag_values[field.name]
+        if not flag.present:
+            continue
+        if field.name in PER_EXPERIMENT_FLAGS:
+            raise ValueError(
+                f"Received: --{field.name}={flag.value}; it is set per experiment "
+                f"(use --runs_dir); expected none of {['--' + n for n in PER_EXPERIMENT_FLAGS]}"
+            )
+        overrides.append(flag.serialize())
+    return overrides
+
+
+def train_all(runs_dir, overrides=(), names=None):
+    """Trains each experiment in this process; returns `(metrics, configs)`."""
+    from capskeras.training.train import train  # TensorFlow, only when training.
+
+    metrics, configs = {}, {}
+    for name in names or experiment_names():
+        model_dir = os.path.join(runs_dir, name)
+        config = config_from_flagfile(
+            str(FLAGS_DIR / f"{name}.cfg"),
+            [
+                *overrides,
+                f"--model_dir={model_dir}",
+                f"--export_dir={os.path.join(model_dir, 'saved_model')}",
+            ],
+        )
+        print(f"results_table: training {name} into {model_dir}", file=sys.stderr)
+        metrics[name] = train(config)
+        configs[name] = dataclasses.asdict(config)
+    return metrics, configs
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines the tool's own flags; the trainer's come with its flags module."""
+    if "train" not in flag_values:
+        flags.DEFINE_boolean(
+            "train", False, "Train the six experiments first, in this process.",
+            flag_values=flag_values,
+        )
+    if "runs_dir" not in flag_values:
+        flags.DEFINE_string(
+            "runs_dir", "runs", "Holds one model_dir per experiment.", flag_values=flag_values
+        )
+    if "output" not in flag_values:
+        flags.DEFINE_string(
+            "output", None, "Also write the table to this file.", flag_values=flag_values
+        )
+
+
+define_flags()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Sends everything printed to stdout (Keras progress, too) to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    try:
+        overrides = trainer_overrides()
+        if FLAGS.train:
+            with _stdout_to_stderr():
+                metrics, configs = train_all(FLAGS.runs_dir, overrides)
+        else:
+            metrics, configs = read_runs(FLAGS.runs_dir)
+    except (ValueError, FileNotFoundError) as error:  # Bad flags; MNIST not found.
+        print(f"results_table.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    commands = {
+        name: train_command(name, FLAGS.runs_dir, overrides) for name in experiment_names()
+    }
+    all_command = " ".join(
+        ["python tools/results_table.py --train", f"--runs_dir={FLAGS.runs_dir}", *overrides]
+    )
+    table = markdown_table(metrics, configs, commands, all_command)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            f.write(table)
+    sys.stdout.write(table)
+
+
+if __name__ == "__main__":
+    app.run(main)
