@@ -38,3 +38,109 @@ def save_reconstruction_grid(images, reconstructions, path, title=None):
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def save_rotation_sweep_plot(sweeps, path, mark_angle=35.0, title=None):
+    """Saves accuracy against rotation angle, one line per model.
+
+    Args:
+        sweeps: `{model name: {angle in degrees: accuracy in [0, 1]}}`, as
+            `capskeras.evaluation.generalization.rotation_sweep` returns
+            per model.
+        path: the PNG file to write.
+        mark_angle: an angle to mark with a dashed vertical line (35
+            degrees by default); `None` for none.
+        title: optional figure title.
+
+    Returns:
+        `path`.
+    """
+    if not sweeps:
+        raise ValueError("Received: sweeps={}; expected at least one model's sweep")
+    figure, axis = plt.subplots(figsize=(7.0, 4.2))
+    all_angles = []
+    for name, sweep in sweeps.items():
+        angles = sorted(float(angle) for angle in sweep)
+        by_angle = {float(angle): value for angle, value in sweep.items()}
+        all_angles.extend(angles)
+        axis.plot(
+            angles, [100.0 * by_angle[angle] for angle in angles],
+            marker="o", markersize=3, linewidth=1.5, label=name,
+        )
+    low, high = min(all_angles), max(all_angles)
+    if mark_angle is not None:
+        axis.axvline(mark_angle, color="gray", linestyle="--", linewidth=1)
+        axis.annotate(
+            f"{mark_angle:g}°", xy=(mark_angle, 1.0), xycoords=("data", "axes fraction"),
+            xytext=(3, -12), textcoords="offset points", color="gray", fontsize=8,
+        )
+        low, high = min(low, mark_angle), max(high, mark_angle)
+    span = high - low
+    if span >= 90:
+        axis.set_xticks(np.arange(np.ceil(low / 30) * 30, high + 1e-9, 30))
+    axis.set_xlim(low - 0.02 * span - 1e-3, high + 0.02 * span + 1e-3)
+    axis.set_ylim(0, 100)
+    axis.set_xlabel("rotation (degrees, counter-clockwise)")
+    axis.set_ylabel("test accuracy (%)")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    if title:
+        axis.set_title(title, fontsize=10)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None):
+    """Saves capsule-dimension perturbation grids, one block per digit.
+
+    Each block has one row per capsule dimension and one column per
+    perturbation, as in Sabour et al. (2017), Fig. 4.
+
+    Args:
+        blocks: `[B, D, P, H, W]` images in [0, 1]: for each of B digits,
+            the reconstruction with perturbation `p` added to dimension `d`
+            (see `capskeras.evaluation.perturbation.perturbation_images`).
+        path: the PNG file to write.
+        perturbations: the P offsets, to label the columns.
+        titles: optional B block titles (e.g. the digit and its capsule).
+        title: optional figure title.
+
+    Returns:
+        `path`.
+    """
+    blocks = np.asarray(blocks)
+    if blocks.ndim != 5 or blocks.shape[2] != len(perturbations):
+        raise ValueError(
+            f"Received: blocks of shape {blocks.shape} and {len(perturbations)} "
+            "perturbations; expected [B, D, P, H, W] with P the number of perturbations"
+        )
+    count, dims, steps, height, width = blocks.shape
+    if titles is not None and len(titles) != count:
+        raise ValueError(
+            f"Received: {len(titles)} titles for {count} blocks; expected one per block"
+        )
+    cell = 0.3  # inches per image
+    figure, axes = plt.subplots(
+        1, count, squeeze=False, layout="constrained",
+        figsize=(count * (steps * cell + 0.3) + 0.5, dims * cell + 1.1),
+    )
+    for index in range(count):
+        # [D, P, H, W] -> one [D * H, P * W] mosaic.
+        mosaic = blocks[index].transpose(0, 2, 1, 3).reshape(dims * height, steps * width)
+        axis = axes[0, index]
+        axis.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        axis.set_xticks((np.arange(steps) + 0.5) * width - 0.5)
+        axis.set_xticklabels([f"{value:+.2f}" for value in perturbations], rotation=90,
+                             fontsize=6)
+        axis.set_yticks((np.arange(dims) + 0.5) * height - 0.5)
+        axis.set_yticklabels([f"dim {d + 1}" for d in range(dims)] if index == 0 else [],
+                             fontsize=6)
+        axis.tick_params(length=0)
+        if titles is not None:
+            axis.set_title(titles[index], fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
