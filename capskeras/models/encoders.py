@@ -68,8 +68,11 @@ def mirror_decoder(encoder, name="mirror_decoder"):
     """Transposed convolutions that undo `encoder`'s geometry, for autoencoding.
 
     Each convolution of the encoder is mirrored by a `Conv2DTranspose` with
-    its kernel and stride, in reverse order; the last one has a sigmoid and
-    the encoder's input channels, and the result is cropped to the input size.
+    its kernel and stride, in reverse order; the last one is linear with the
+    encoder's input channels, and the result is cropped to the input size.
+    A sigmoid output would saturate: mostly-black digits pull it towards 0
+    within the first steps at Adam's usual 1e-3, and the decoder then stays
+    black (MSE stuck at the mean of x^2).
 
     Returns:
         A `keras.Sequential` mapping `[B, code_dim]` codes to images.
@@ -88,7 +91,7 @@ def mirror_decoder(encoder, name="mirror_decoder"):
                 conv.kernel_size,
                 strides=conv.strides,
                 padding="same",
-                activation="sigmoid" if last else "relu",
+                activation=None if last else "relu",
                 name=f"deconv_{len(convs) - index}",
             )
         )
