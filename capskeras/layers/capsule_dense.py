@@ -121,11 +121,25 @@ class CapsuleDense(keras.layers.Layer):
         )
 
     def call(self, inputs, return_couplings=False):
-        # Predictions laid out as [batch, out j, in i, dim e], so that the
-        # routing sums below are plain batched matmuls (no transposes inside
-        # the loop).
-        u_hat = ops.einsum("bid,ijde->bjie", inputs, self.kernel)
-        u_hat = ops.cast(u_hat, "float32")
+        input_capsules, num_capsules = self.kernel.shape[0], self.num_capsules
+        input_dim, capsule_dim = self.kernel.shape[2], self.capsule_dim
+        batch = ops.shape(inputs)[0]
+        # All predictions in one batched matmul over the input capsules i:
+        # [i, batch, d] @ [i, d, (j e)] -> [i, batch, (j e)], then laid out
+        # as [batch, out j, in i, dim e], so that the routing sums below are
+        # batched matrix-vector products over (batch, j): no transposes or
+        # broadcast temporaries of u_hat's size inside the loop. (An einsum
+        # "bid,ijde->bjie" lowers to the same matmul plus transposes of
+        # both operands and of u_hat, and is slower on CPU.)
+        kernel = ops.reshape(
+            ops.transpose(self.kernel, (0, 2, 1, 3)),
+            (input_capsules, input_dim, num_capsules * capsule_dim),
+        )
+        u_hat = ops.matmul(ops.transpose(inputs, (1, 0, 2)), kernel)
+        u_hat = ops.reshape(u_hat, (input_capsules, batch, num_capsules, capsule_dim))
+        u_hat = ops.transpose(u_hat, (1, 2, 0, 3))
+        if self.compute_dtype != "float32":
+            u_hat = ops.cast(u_hat, "float32")
 
         # The first iteration has b = 0, hence uniform couplings 1/N_out:
         # skip the softmax and the zero logits.
@@ -133,20 +147,26 @@ class CapsuleDense(keras.layers.Layer):
         couplings = None
         for iteration in range(self.routing_iterations):
             if logits is None:
-                s = ops.sum(u_hat, axis=2) / float(self.num_capsules)
+                s = ops.sum(u_hat, axis=2) / float(num_capsules)
             else:
                 couplings = ops.softmax(logits, axis=1)  # over outputs j
-                s = ops.einsum("bji,bjie->bje", couplings, u_hat)
+                # s_j = sum_i c_ij u_hat[j|i]: [b, j, 1, i] @ [b, j, i, e].
+                s = ops.squeeze(
+                    ops.matmul(ops.expand_dims(couplings, 2), u_hat), axis=2
+                )
             v = capsule_ops.squash(s)
             if iteration < self.routing_iterations - 1:
-                agreement = ops.einsum("bjie,bje->bji", u_hat, v)
+                # u_hat[j|i] . v_j: [b, j, i, e] @ [b, j, e, 1].
+                agreement = ops.squeeze(
+                    ops.matmul(u_hat, ops.expand_dims(v, -1)), axis=-1
+                )
                 logits = agreement if logits is None else logits + agreement
 
-        outputs = ops.cast(v, self.compute_dtype)
+        outputs = v if self.compute_dtype == "float32" else ops.cast(v, self.compute_dtype)
         if not return_couplings:
             return outputs
         if couplings is None:
-            couplings = ops.ones_like(u_hat[..., 0]) / float(self.num_capsules)
+            couplings = ops.ones_like(u_hat[..., 0]) / float(num_capsules)
         return outputs, ops.transpose(couplings, (0, 2, 1))
 
     def compute_output_shape(self, input_shape):
