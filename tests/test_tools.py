@@ -232,7 +232,8 @@ def test_bench_registry_is_consulted_first(monkeypatch):
         return bench.Workload(model, (8, 8, 1), lambda images, labels: (images, labels))
 
     monkeypatch.setitem(bench.BENCHMARKS, "conv_dense", conv_dense)
-    assert bench.accepted_names()[0] == "conv_dense"
+    # Registered benchmarks come first (capsnet_conv_stack is registered too).
+    assert "conv_dense" in bench.accepted_names()[: len(bench.BENCHMARKS)]
     assert "quickstart" in bench.accepted_names()
     with pytest.raises(ValueError, match="no_such_model.*conv_dense"):
         bench.resolve("no_such_model")
@@ -245,3 +246,102 @@ def test_bench_registry_is_consulted_first(monkeypatch):
     assert report["flops_uncounted_ops"] == []
     assert report["params"] == 3 * 3 * 4 + 144 * 10
     assert report["train_images_per_s"] > 0 and report["infer_images_per_s"] > 0
+
+
+def test_einsum_flops_counts_every_index_combination():
+    bench = _load_tool("bench")
+    # 2 x the product of all distinct index sizes.
+    assert bench.einsum_flops("ij,jk->ik", [(2, 3), (3, 4)]) == 2 * 2 * 3 * 4
+    assert bench.einsum_flops("bid,ijde->bjie", [(5, 7, 8), (7, 3, 8, 4)]) == 2 * 5 * 7 * 8 * 3 * 4
+    assert bench.einsum_flops("bji,bjie->bje", [(2, 3, 5), (2, 3, 5, 4)]) == 2 * 2 * 3 * 5 * 4
+    assert bench.einsum_flops("...ij,...jk->...ik", [(6, 2, 3), (1, 3, 4)]) == 2 * 6 * 2 * 3 * 4
+    assert bench.einsum_flops("ij,jk->ik", [(None, 3), (3, 4)]) is None
+    with pytest.raises(ValueError, match="ij,jk->ik"):
+        bench.einsum_flops("ij,jk->ik", [(2, 3)])
+
+
+def test_graph_flops_counts_einsum():
+    bench = _load_tool("bench")
+    import tensorflow as tf
+
+    spec = (tf.TensorSpec((1, 6, 8)), tf.TensorSpec((6, 3, 8, 4)))
+    graph = tf.function(lambda x, w: tf.einsum("bid,ijde->bjie", x, w)).get_concrete_function(
+        *spec
+    ).graph
+    flops, uncounted, _ = bench.graph_flops(graph)
+    assert flops == 2 * 1 * 6 * 8 * 3 * 4
+    assert "Einsum" not in uncounted
+
+
+def test_capsnet_conv_stack_has_capsnets_convolutions():
+    bench = _load_tool("bench")
+    from capskeras.models.capsnet import CapsNet
+
+    config, builder = bench.resolve("capsnet_conv_stack", ["--batch_size=4"])
+    workload = builder(config)
+    assert workload.image_shape == (28, 28, 1)
+    import keras
+
+    convs = [layer for layer in workload.model.layers if isinstance(layer, keras.layers.Conv2D)]
+    encoder = CapsNet().encoder
+    capsnet_convs = [encoder.get_layer("conv1"), encoder.get_layer("primary_capsules").conv]
+    keys = ("filters", "kernel_size", "strides", "padding", "activation", "use_bias")
+    assert [{k: c.get_config()[k] for k in keys} for c in convs] == [
+        {k: c.get_config()[k] for k in keys} for c in capsnet_convs
+    ]
+    conv_params = sum(c.count_params() for c in capsnet_convs)
+    assert workload.model.count_params() == conv_params + 256 * 10 + 10  # + the 10-way dense
+
+
+def test_bench_pair_reports_both_models_and_their_ratios(monkeypatch):
+    bench = _load_tool("bench")
+    import keras
+
+    def dense(units):
+        def build(config):
+            model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                      keras.layers.Dense(units), keras.layers.Dense(10)])
+            model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            return bench.Workload(model, (8, 8, 1), lambda images, labels: (images, labels))
+        return build
+
+    monkeypatch.setitem(bench.BENCHMARKS, "small", dense(4))
+    monkeypatch.setitem(bench.BENCHMARKS, "large", dense(64))
+    report = bench.benchmark_pair(
+        ["large", "small"], ["--batch_size=8"], repeats=3, steps=1, warmup_steps=1,
+        matmul_sizes=(128,),
+    )
+    assert report["model"] == "large,small"
+    assert list(report["models"]) == ["large", "small"]
+    large, small = report["models"]["large"], report["models"]["small"]
+    assert large["params"] == 64 * 64 + 64 + 64 * 10 + 10
+    assert large["forward_flops_per_image"] > small["forward_flops_per_image"]
+    assert report["train_ratio"] == pytest.approx(
+        large["train_images_per_s"] / small["train_images_per_s"], abs=2e-3
+    )
+    assert report["infer_ratio"] == pytest.approx(
+        large["infer_images_per_s"] / small["infer_images_per_s"], abs=2e-3
+    )
+    assert len(report["train_ratio_repeats"]) == len(report["infer_ratio_repeats"]) == 3
+    assert report["peak_rss_mib"] > 0
+    with pytest.raises(ValueError, match="small,small"):
+        bench.benchmark_pair(["small", "small"])
+
+
+def test_bench_command_line_two_models():
+    result = _run_tool(
+        "bench", "--model=capsnet_conv_stack,enc_untrained_dec_class", "--batch_size=2",
+        *FAST_BENCH,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    report = json.loads(lines[0])
+    assert set(report["models"]) == {"capsnet_conv_stack", "enc_untrained_dec_class"}
+    assert report["train_ratio"] > 0 and report["infer_ratio"] > 0
+    conv_stack = report["models"]["capsnet_conv_stack"]
+    assert REQUIRED_KEYS - {"peak_rss_mib", "matmul_peak_gflops", "device",
+                            "tensorflow_version", "keras_version"} <= set(conv_stack)
+    # 2 x MACs of conv1 (20x20x81x256) and the primary conv (6x6x(81x256)x256).
+    convs = 2 * (20 * 20 * 81 * 256 + 6 * 6 * 81 * 256 * 256)
+    assert conv_stack["forward_flops_per_image"] == pytest.approx(convs, rel=0.01)

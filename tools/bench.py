@@ -17,6 +17,11 @@ After `--warmup_steps` untimed steps, each of `--repeats` repeats times
 the compiled predict step (`model.predict_on_batch`), taking turns; the
 reported throughputs are medians over the repeats.
 
+Two comma-separated names (`--model=capsnet_mnist,capsnet_conv_stack`)
+build both models and time their steps in turns within every repeat; the
+JSON object then holds each model's figures under `models` and the first
+model's throughputs over the second's as `train_ratio` and `infer_ratio`.
+
 Prints one JSON object on stdout and nothing else (logs go to stderr):
 throughputs, peak resident memory, parameter count, forward FLOPs per image
 counted by TensorFlow's graph profiler, this machine's float32 matmul peak
@@ -30,6 +35,7 @@ profiler's count of the loss-and-gradients graph instead.
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import platform
@@ -117,7 +123,43 @@ def study_workload(config):
 # `name: builder`, where `builder(config) -> Workload` and `config` is the
 # `TrainConfig` of the trainer's defaults and the trainer flags given on
 # the command line (batch size, jit_compile, precision, seed...).
-BENCHMARKS = {}
+def capsnet_conv_stack(config):
+    """CapsNet's two convolutions alone, the floor of CapsNet's cost.
+
+    Exactly CapsNet's conv1 (256 9x9, ReLU) and primary-capsule convolution
+    (256 9x9, stride 2) on the same images, trained on a loss that costs
+    next to nothing: global average pooling, a 10-way dense layer and
+    cross-entropy on the labels. Adam and the trainer's learning rate and
+    `jit_compile`, as CapsNet's trainer compiles it. `capsnet_mnist`'s
+    throughput over this one's is the share of CapsNet's time left to the
+    convolutions.
+    """
+    image_shape = tuple(image_shape_of(config))
+    model = keras.Sequential(
+        [
+            keras.Input(image_shape),
+            keras.layers.Conv2D(256, 9, activation="relu", name="conv1"),
+            keras.layers.Conv2D(256, 9, strides=2, name="primary_conv"),
+            keras.layers.GlobalAveragePooling2D(name="pool"),
+            keras.layers.Dense(10, name="logits"),
+        ],
+        name="capsnet_conv_stack",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=config.jit_compile,
+    )
+    return Workload(
+        model=model,
+        image_shape=image_shape,
+        make_example=lambda images, labels: (images, labels),
+        num_classes=10,
+        description="CapsNet's conv1 and primary-capsule conv, pooled to a 10-way softmax",
+    )
+
+
+BENCHMARKS = {"capsnet_conv_stack": capsnet_conv_stack}
 
 
 def experiment_names():
@@ -170,8 +212,8 @@ def synthetic_batch(workload, batch_size, seed=0):
 def time_steps(steps_by_name, steps, repeats, warmup_steps):
     """Times `steps` calls of each step function per repeat, after warm-up calls.
 
-    The functions take turns within each repeat, so a load that comes and
-    goes on a shared machine slows them alike.
+    The functions take turns call by call (A, B, A, B, ...), so a load that
+    comes and goes on a shared machine slows them alike.
 
     Args:
         steps_by_name: dict mapping names to functions of no arguments.
@@ -181,8 +223,9 @@ def time_steps(steps_by_name, steps, repeats, warmup_steps):
 
     Returns:
         A dict mapping each name to `(seconds, cores_busy)`: the wall-clock
-        seconds of its repeats, and this process's CPU time over that wall
-        time (about the core count when nothing else competes for the CPU).
+        seconds of its repeats (the sum of its `steps` calls in each), and
+        this process's CPU time over that wall time (about the core count
+        when nothing else competes for the CPU).
     """
     for step in steps_by_name.values():
         for _ in range(warmup_steps):
@@ -190,16 +233,69 @@ def time_steps(steps_by_name, steps, repeats, warmup_steps):
     seconds = {name: [] for name in steps_by_name}
     cpu_seconds = dict.fromkeys(steps_by_name, 0.0)
     for _ in range(repeats):
-        for name, step in steps_by_name.items():
-            cpu_started, started = time.process_time(), time.perf_counter()
-            for _ in range(steps):
+        repeat_seconds = dict.fromkeys(steps_by_name, 0.0)
+        for _ in range(steps):
+            for name, step in steps_by_name.items():
+                cpu_started, started = time.process_time(), time.perf_counter()
                 step()
-            seconds[name].append(time.perf_counter() - started)
-            cpu_seconds[name] += time.process_time() - cpu_started
+                repeat_seconds[name] += time.perf_counter() - started
+                cpu_seconds[name] += time.process_time() - cpu_started
+        for name in steps_by_name:
+            seconds[name].append(repeat_seconds[name])
     return {
         name: (seconds[name], cpu_seconds[name] / sum(seconds[name]))
         for name in steps_by_name
     }
+
+
+def einsum_flops(equation, input_shapes):
+    """FLOPs of an `Einsum`: 2 x the product of the sizes of all distinct indices.
+
+    TensorFlow's profiler registers no FLOPs statistic for `Einsum`. Every
+    combination of index values costs one multiply-add, so a contraction
+    `"bid,ijde->bjie"` costs `2 * B * I * D * J * E`. An ellipsis stands
+    for the broadcast of the dimensions it covers in each operand.
+
+    Args:
+        equation: the einsum equation, e.g. `"bid,ijde->bjie"`.
+        input_shapes: one fully known shape (sequence of ints) per operand.
+
+    Returns:
+        The FLOPs, an int; `None` if a shape is not fully known.
+
+    Example:
+
+    >>> einsum_flops("ij,jk->ik", [(2, 3), (3, 4)])
+    48
+    """
+    inputs = equation.replace(" ", "").split("->")[0].split(",")
+    if len(inputs) != len(input_shapes):
+        raise ValueError(
+            f"Received: equation={equation!r} with {len(input_shapes)} operands; "
+            f"expected {len(inputs)}"
+        )
+    sizes, ellipsis_shapes = {}, []
+    for labels, shape in zip(inputs, input_shapes):
+        if shape is None or any(dim is None for dim in shape):
+            return None
+        shape = [int(dim) for dim in shape]
+        if "..." in labels:
+            before, after = labels.split("...")
+            ellipsis_shapes.append(shape[len(before):len(shape) - len(after)])
+            shape = shape[:len(before)] + shape[len(shape) - len(after):]
+            labels = before + after
+        for label, dim in zip(labels, shape):
+            sizes[label] = max(sizes.get(label, 1), dim)
+    flops = 2 * math.prod(sizes.values())
+    if ellipsis_shapes:
+        flops *= math.prod(np.broadcast_shapes(*[tuple(s) for s in ellipsis_shapes]))
+    return int(flops)
+
+
+def _einsum_op_flops(op):
+    shapes = [tensor.shape.as_list() if tensor.shape.rank is not None else None
+              for tensor in op.inputs]
+    return einsum_flops(op.get_attr("equation").decode(), shapes)
 
 
 def graph_flops(graph):
@@ -207,7 +303,8 @@ def graph_flops(graph):
 
     Returns:
         `(flops, uncounted_ops, uncounted_elements)`: the profiler's
-        `float_operation()` total; the sorted op types in the graph that do
+        `float_operation()` total plus `einsum_flops` of every `Einsum`
+        (which the profiler does not count); the sorted op types in the graph that do
         arithmetic but have no registered FLOPs statistic (or no static
         shape), so are missing from the total; and the number of elements
         those ops output, a rough size of what is missing (about one FLOP
@@ -225,10 +322,14 @@ def graph_flops(graph):
     for op in graph.get_operations():
         if op.type in NO_ARITHMETIC_OPS:
             continue
-        try:
-            counted = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
-        except ValueError:  # Registered, but the shapes are not static.
-            counted = None
+        if op.type == "Einsum":  # No registered statistic: counted here.
+            counted = _einsum_op_flops(op)
+            flops += counted or 0
+        else:
+            try:
+                counted = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
+            except ValueError:  # Registered, but the shapes are not static.
+                counted = None
         if counted is None:
             uncounted.add(op.type)
             elements += sum(output.shape.num_elements() or 0 for output in op.outputs)
@@ -325,6 +426,109 @@ def peak_rss_mib():
     return round(kib / 1024, 1)
 
 
+@dataclasses.dataclass
+class _Prepared:
+    """One benchmarked model, built and stepped on its synthetic batch."""
+
+    name: str
+    config: TrainConfig
+    workload: Workload
+    inputs: object
+    targets: object
+    flops: tuple = ()
+    train_flops: tuple = ()
+
+
+def _prepare(name, overrides):
+    """Builds `--model=name` under its dtype policy and counts its FLOPs."""
+    config, builder = resolve(name, overrides)
+    config.validate()
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        workload = builder(config)
+        inputs, targets = synthetic_batch(workload, config.batch_size, config.seed)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    return _Prepared(name, config, workload, inputs, targets)
+
+
+def _count_flops(prepared):
+    keras.config.set_dtype_policy(prepared.config.precision)
+    model = prepared.workload.model
+    prepared.flops = forward_flops(model, prepared.inputs)
+    prepared.train_flops = train_flops(model, prepared.inputs, prepared.targets)
+
+
+def _model_report(prepared, timings, steps, repeats):
+    """The per-model part of the report: throughputs, FLOPs and their rates."""
+    config, workload, model = prepared.config, prepared.workload, prepared.workload.model
+    flops, uncounted, uncounted_elements = prepared.flops
+    counted_train_flops, train_uncounted, _ = prepared.train_flops
+    (train_seconds, train_cores), (infer_seconds, infer_cores) = timings
+    images_per_repeat = config.batch_size * steps
+    train_rates = [images_per_repeat / s for s in train_seconds]
+    infer_rates = [images_per_repeat / s for s in infer_seconds]
+    train_rate = statistics.median(train_rates)
+    infer_rate = statistics.median(infer_rates)
+    return {
+        "model": prepared.name,
+        "batch_size": config.batch_size,
+        "train_images_per_s": round(train_rate, 1),
+        "infer_images_per_s": round(infer_rate, 1),
+        "params": int(model.count_params()),
+        "forward_flops_per_image": flops,
+        "flops_uncounted_ops": uncounted,
+        "flops_uncounted_output_elements": uncounted_elements,
+        "train_flops_per_image": TRAIN_FLOPS_FACTOR * flops,
+        "train_flops_assumption": TRAIN_FLOPS_ASSUMPTION,
+        "train_flops_per_image_counted": counted_train_flops,
+        "train_flops_uncounted_ops": train_uncounted,
+        "achieved_train_gflops": round(TRAIN_FLOPS_FACTOR * flops * train_rate / 1e9, 2),
+        "achieved_infer_gflops": round(flops * infer_rate / 1e9, 2),
+        "achieved_train_gflops_counted": round(counted_train_flops * train_rate / 1e9, 2),
+        "train_images_per_s_repeats": [round(r, 1) for r in train_rates],
+        "infer_images_per_s_repeats": [round(r, 1) for r in infer_rates],
+        "train_cpu_cores_busy": round(train_cores, 2),
+        "infer_cpu_cores_busy": round(infer_cores, 2),
+        "workload": workload.description,
+        "jit_compile": bool(config.jit_compile),
+        "precision": config.precision,
+    }
+
+
+def _machine_report(peak, peak_size, repeats, steps, warmup_steps):
+    return {
+        "peak_rss_mib": peak_rss_mib(),
+        "matmul_peak_gflops": round(peak, 1),
+        "matmul_peak_size": peak_size,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "repeats": repeats,
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "device": device_description(),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+    }
+
+
+def _time_models(prepared_models, steps, repeats, warmup_steps):
+    """`time_steps` of every model's train and predict steps, all taking turns."""
+    step_functions = {}
+    for prepared in prepared_models:
+        model, inputs, targets = prepared.workload.model, prepared.inputs, prepared.targets
+        step_functions[(prepared.name, "train")] = (
+            lambda m=model, x=inputs, y=targets: m.train_on_batch(x, y)
+        )
+        step_functions[(prepared.name, "infer")] = lambda m=model, x=inputs: m.predict_on_batch(x)
+    timings = time_steps(step_functions, steps, repeats, warmup_steps)
+    return {
+        prepared.name: (timings[(prepared.name, "train")], timings[(prepared.name, "infer")])
+        for prepared in prepared_models
+    }
+
+
 def benchmark(name, overrides=(), repeats=5, steps=10, warmup_steps=3,
               matmul_sizes=(1024, 2048)):
     """Benchmarks `--model=name`; returns the report dict that `main` prints.
@@ -343,71 +547,77 @@ def benchmark(name, overrides=(), repeats=5, steps=10, warmup_steps=3,
     >>> report["train_images_per_s"] > 0
     True
     """
-    config, builder = resolve(name, overrides)
-    config.validate()
-    keras.utils.set_random_seed(config.seed)
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.precision)
     try:
-        workload = builder(config)
-        model = workload.model
-        inputs, targets = synthetic_batch(workload, config.batch_size, config.seed)
-        timings = time_steps(
-            {
-                "train": lambda: model.train_on_batch(inputs, targets),
-                "infer": lambda: model.predict_on_batch(inputs),
-            },
-            steps, repeats, warmup_steps,
-        )
-        flops, uncounted, uncounted_elements = forward_flops(model, inputs)
-        counted_train_flops, train_uncounted, _ = train_flops(model, inputs, targets)
+        prepared = _prepare(name, overrides)
+        timings = _time_models([prepared], steps, repeats, warmup_steps)
+        _count_flops(prepared)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     peak, peak_size = matmul_peak_gflops(matmul_sizes)
+    report = _model_report(prepared, timings[name], steps, repeats)
+    report.update(_machine_report(peak, peak_size, repeats, steps, warmup_steps))
+    return report
 
-    (train_seconds, train_cores), (infer_seconds, infer_cores) = timings["train"], timings["infer"]
-    images_per_repeat = config.batch_size * steps
-    train_rates = [images_per_repeat / s for s in train_seconds]
-    infer_rates = [images_per_repeat / s for s in infer_seconds]
-    train_rate = statistics.median(train_rates)
-    infer_rate = statistics.median(infer_rates)
-    achieved_train = TRAIN_FLOPS_FACTOR * flops * train_rate / 1e9
-    achieved_infer = flops * infer_rate / 1e9
-    achieved_train_counted = counted_train_flops * train_rate / 1e9
-    return {
-        "model": name,
-        "batch_size": config.batch_size,
-        "train_images_per_s": round(train_rate, 1),
-        "infer_images_per_s": round(infer_rate, 1),
-        "peak_rss_mib": peak_rss_mib(),
-        "params": int(model.count_params()),
-        "forward_flops_per_image": flops,
-        "flops_uncounted_ops": uncounted,
-        "flops_uncounted_output_elements": uncounted_elements,
-        "train_flops_per_image": TRAIN_FLOPS_FACTOR * flops,
-        "train_flops_assumption": TRAIN_FLOPS_ASSUMPTION,
-        "train_flops_per_image_counted": counted_train_flops,
-        "train_flops_uncounted_ops": train_uncounted,
-        "matmul_peak_gflops": round(peak, 1),
-        "matmul_peak_size": peak_size,
-        "achieved_train_gflops": round(achieved_train, 2),
-        "achieved_infer_gflops": round(achieved_infer, 2),
-        "achieved_train_gflops_counted": round(achieved_train_counted, 2),
-        "train_images_per_s_repeats": [round(r, 1) for r in train_rates],
-        "infer_images_per_s_repeats": [round(r, 1) for r in infer_rates],
-        "train_cpu_cores_busy": round(train_cores, 2),
-        "infer_cpu_cores_busy": round(infer_cores, 2),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "repeats": repeats,
-        "steps": steps,
-        "warmup_steps": warmup_steps,
-        "workload": workload.description,
-        "device": device_description(),
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "jit_compile": bool(config.jit_compile),
-        "precision": config.precision,
+
+def benchmark_pair(names, overrides=(), repeats=5, steps=10, warmup_steps=3,
+                   matmul_sizes=(1024, 2048)):
+    """Benchmarks two models side by side in one process; returns one report.
+
+    Both are built first, then their train and predict steps take turns
+    within every repeat (A train, A predict, B train, B predict), so a load
+    that comes and goes on a shared machine slows both alike and the ratios
+    are fair even when the absolute figures are not.
+
+    Args:
+        names: two names, see `resolve`; e.g.
+            `("capsnet_mnist", "capsnet_conv_stack")`.
+        others: as `benchmark`.
+
+    Returns:
+        `{"models": {name: per-model report}, "train_ratio", "infer_ratio",
+        ...}`: the per-model reports carry `benchmark`'s per-model keys;
+        `train_ratio` and `infer_ratio` are the first model's median
+        throughput over the second's; `peak_rss_mib` is the peak of this
+        process, which held both models (benchmark one model alone for its
+        own peak).
+    """
+    names = list(names)
+    if len(names) != 2 or names[0] == names[1]:
+        raise ValueError(f"Received: model={','.join(names)}; expected one name or two different names")
+    previous_policy = keras.config.dtype_policy()
+    try:
+        prepared_models = [_prepare(name, overrides) for name in names]
+        timings = _time_models(prepared_models, steps, repeats, warmup_steps)
+        for prepared in prepared_models:
+            _count_flops(prepared)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    peak, peak_size = matmul_peak_gflops(matmul_sizes)
+    reports = {
+        prepared.name: _model_report(prepared, timings[prepared.name], steps, repeats)
+        for prepared in prepared_models
     }
+    first, second = (reports[name] for name in names)
+
+    def ratio(key):
+        return round(first[key] / second[key], 3)
+
+    def repeat_ratios(key):
+        return [round(a / b, 3) for a, b in zip(first[key + "_repeats"], second[key + "_repeats"])]
+
+    result = {
+        "model": ",".join(names),
+        "train_ratio": ratio("train_images_per_s"),
+        "infer_ratio": ratio("infer_images_per_s"),
+        "ratio_of": f"{names[0]} / {names[1]}, medians over repeats",
+        "train_ratio_repeats": repeat_ratios("train_images_per_s"),
+        "infer_ratio_repeats": repeat_ratios("infer_images_per_s"),
+        "models": reports,
+    }
+    result.update(_machine_report(peak, peak_size, repeats, steps, warmup_steps))
+    result["peak_rss_note"] = "peak of this process, which held both models"
+    return result
 
 
 # The benchmark's flags live in their own namespace with the trainer's, so
@@ -421,7 +631,8 @@ def define_flags(flag_values=BENCH_FLAGS):
     """Defines the benchmark's flags, then every other trainer flag, on `flag_values`."""
     flags.DEFINE_string(
         "model", None,
-        "Benchmark: a name in BENCHMARKS or an experiment, a flagfile name in flags/.",
+        "Benchmark: a name in BENCHMARKS or an experiment, a flagfile name in flags/; "
+        "two comma-separated names time both in turns and report their ratios.",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
@@ -491,9 +702,11 @@ def main(argv):
                 f"Received: matmul_sizes={','.join(BENCH_FLAGS.matmul_sizes)}; "
                 "expected comma-separated ints"
             ) from None
-        result = benchmark(
-            BENCH_FLAGS.model, trainer_overrides(), BENCH_FLAGS.repeats, BENCH_FLAGS.steps,
-            BENCH_FLAGS.warmup_steps, sizes,
+        names = [name.strip() for name in BENCH_FLAGS.model.split(",") if name.strip()]
+        run = benchmark if len(names) == 1 else benchmark_pair
+        result = run(
+            names[0] if len(names) == 1 else names, trainer_overrides(), BENCH_FLAGS.repeats,
+            BENCH_FLAGS.steps, BENCH_FLAGS.warmup_steps, sizes,
         )
     except ValueError as error:
         print(f"bench.py: error: {error}", file=sys.stderr)
