@@ -206,3 +206,11 @@ def test_command_line_rejects_bad_input_with_nonzero_exit(arguments, message, tm
     )
     assert finished.returncode != 0
     assert message in finished.stderr
+
+
+def test_multi_worker_refuses_a_cluster_keras_fit_cannot_run(tmp_path, monkeypatch):
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match=r"with 2 tasks in TF_CONFIG.*keras-team/keras#20585"):
+        train(tiny_config(tmp_path, distribution_strategy="multi_worker"))
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,8 @@ code all share these defaults, help texts and checks.
 import dataclasses
 import json
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
+from capskeras.training.strategy import STRATEGIES
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 

@@ -46,10 +46,7 @@ def train(config):
     Returns:
         The metrics dict also written to `<model_dir>/metrics.json`.
     """
-    config.validate()
-    if config.cpu_devices:
-        strategies.split_host_cpu(config.cpu_devices)
-    _check_resumable(config)
+    preflight(config)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
@@ -58,10 +55,23 @@ def train(config):
         keras.config.set_dtype_policy(previous_policy)
 
 
+def preflight(config):
+    """Checks everything that can be wrong with the request, before any work.
+
+    Raises:
+        ValueError: a bad setting, or a `model_dir` holding another model.
+        DatasetNotFoundError: MNIST is neither prepared nor downloadable.
+    """
+    config.validate()
+    strategies.check_strategy(config.distribution_strategy)
+    if config.cpu_devices:
+        strategies.split_host_cpu(config.cpu_devices)
+    _check_resumable(config)
+    mnist.prepared_builder("mnist", data_dir=config.data_dir or None, download=config.download)
+
+
 def _train(config):
     keras.utils.set_random_seed(config.seed)
-    # Fail on missing data before anything is written.
-    mnist.prepared_builder("mnist", data_dir=config.data_dir or None, download=config.download)
     strategy = strategies.make_strategy(config.distribution_strategy)
     chief = strategies.is_chief()
     if chief:
@@ -280,12 +290,15 @@ def _write(path, text):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    # Only bad input is reported as a usage error; a failure during training
+    # keeps its traceback.
     try:
-        config = config_from_flags().validate()
-        results = train(config)
+        config = config_from_flags()
+        preflight(config)
     except (ValueError, mnist.DatasetNotFoundError) as error:
         print(f"capskeras-train: error: {error}", file=sys.stderr)
         sys.exit(2)
+    results = train(config)
     summary = {key: results[key] for key in ("experiment", "epochs", "test")}
     summary["model_dir"] = config.model_dir
     summary["export"] = results.get("export")
