@@ -18,7 +18,6 @@ import time
 from absl import app
 from absl import logging
 import keras
-import numpy as np
 
 from capskeras import export
 from capskeras.data import mnist
@@ -27,7 +26,6 @@ from capskeras.models import registry
 from capskeras.models.autoencoder import Autoencoder
 from capskeras.training import callbacks
 from capskeras.training import strategy as strategies
-from capskeras.training.config import TrainConfig
 from capskeras.training.flags import config_from_flags
 
 # Settings that fix the model's variables: a run cannot resume under others.
