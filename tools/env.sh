@@ -1,22 +1,27 @@
-# Sourced by the README's commands: makes the project's virtualenv and points
-# TFDS at the offline MNIST copy when one sits beside the repository.
+# Makes the project's virtualenv, puts it on PATH and points TFDS at the
+# offline MNIST copy when one sits beside the repository. Used by the README's
+# commands; also safe to `source` in an interactive shell (it changes no shell
+# options and no directory).
 #   CAPSKERAS_TF_EXTRA=gpu bash tools/quickstart.sh   # CUDA wheel instead of CPU
-set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-if ! .venv/bin/python -c "import capskeras, tensorflow, pytest" 2>/dev/null \
-        || [ setup.cfg -nt .venv/.capskeras-installed ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[${CAPSKERAS_TF_EXTRA:-cpu},test]"
-    touch .venv/.capskeras-installed
-fi
-export PATH="$REPO/.venv/bin:$PATH"
-if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d "$REPO/../shared/data/tensorflow_datasets" ]; then
-    export TFDS_DATA_DIR="$(cd "$REPO/../shared/data/tensorflow_datasets" && pwd)"
-fi
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+CAPSKERAS_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_capskeras_setup() {
+    local repo="$CAPSKERAS_REPO" python="${PYTHON:-python3.11}"
+    command -v "$python" >/dev/null || python=python3
+    if [ ! -x "$repo/.venv/bin/python" ]; then
+        "$python" -m venv "$repo/.venv" || return 1
+    fi
+    if ! "$repo/.venv/bin/python" -c "import capskeras, tensorflow, pytest" 2>/dev/null \
+            || [ "$repo/setup.cfg" -nt "$repo/.venv/.capskeras-installed" ]; then
+        "$repo/.venv/bin/python" -m pip install --quiet --upgrade pip || return 1
+        "$repo/.venv/bin/python" -m pip install --quiet -e "$repo[${CAPSKERAS_TF_EXTRA:-cpu},test]" \
+            || return 1
+        touch "$repo/.venv/.capskeras-installed"
+    fi
+    export PATH="$repo/.venv/bin:$PATH"
+    if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d "$repo/../shared/data/tensorflow_datasets" ]; then
+        TFDS_DATA_DIR="$(cd "$repo/../shared/data/tensorflow_datasets" && pwd)"
+        export TFDS_DATA_DIR
+    fi
+    export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+}
+_capskeras_setup
