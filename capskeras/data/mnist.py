@@ -7,6 +7,7 @@ import urllib.parse
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from capskeras.checks import check_positive_int
 from capskeras.data import transforms
 
 SPLITS = ("train", "test")
@@ -104,9 +105,9 @@ def load_mnist(
         raise ValueError(f"Received: split={split!r}; expected one of {SPLITS}")
     if target not in TARGETS:
         raise ValueError(f"Received: target={target!r}; expected one of {TARGETS}")
-    _check_positive("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if num_examples is not None:
-        _check_positive("num_examples", num_examples)
+        check_positive_int("num_examples", num_examples)
     if pad_to is not None and (
         not isinstance(pad_to, int) or isinstance(pad_to, bool) or pad_to < IMAGE_SHAPE[0]
     ):
@@ -148,8 +149,3 @@ def load_mnist(
         dataset = dataset.map(lambda image, label: (image, image))
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def _check_positive(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"Received: {name}={value!r}; expected an int >= 1")

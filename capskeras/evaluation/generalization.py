@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 import capskeras.models  # noqa: F401  Registers the classes `model.keras` files name.
+from capskeras.checks import check_positive_int
 from capskeras.data import mnist
 from capskeras.data import transforms
 
@@ -81,7 +82,7 @@ class Classifier:
                 f"Received: images of shape {images.shape} for {self.name!r}; "
                 f"expected [N, {', '.join(str(d) for d in self.image_shape)}]"
             )
-        _check_positive("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         predictions = [
             np.asarray(self.predict_batch(images[start:start + batch_size])).astype("int64")
             for start in range(0, len(images), batch_size)
@@ -369,8 +370,3 @@ def check_angles(angles):
     if not checked:
         raise ValueError(f"Received: angles={list(angles)!r}; expected at least one angle")
     return tuple(sorted(checked))
-
-
-def _check_positive(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"Received: {name}={value!r}; expected an int >= 1")

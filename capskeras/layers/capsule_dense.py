@@ -4,11 +4,8 @@ import keras
 from keras import ops
 
 from capskeras import ops as capsule_ops
+from capskeras.checks import check_positive_int
 
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Received: {name}={value!r}; expected an int >= 1")
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -88,9 +85,9 @@ class CapsuleDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("num_capsules", num_capsules)
-        _check_positive_int("capsule_dim", capsule_dim)
-        _check_positive_int("routing_iterations", routing_iterations)
+        check_positive_int("num_capsules", num_capsules)
+        check_positive_int("capsule_dim", capsule_dim)
+        check_positive_int("routing_iterations", routing_iterations)
         self.num_capsules = num_capsules
         self.capsule_dim = capsule_dim
         self.routing_iterations = routing_iterations

@@ -4,11 +4,8 @@ import keras
 from keras import ops
 
 from capskeras import ops as capsule_ops
+from capskeras.checks import check_positive_int
 
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Received: {name}={value!r}; expected an int >= 1")
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -78,8 +75,8 @@ class PrimaryCapsules(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("capsule_types", capsule_types)
-        _check_positive_int("capsule_dim", capsule_dim)
+        check_positive_int("capsule_types", capsule_types)
+        check_positive_int("capsule_dim", capsule_dim)
         if padding not in ("valid", "same"):
             raise ValueError(
                 f"Received: padding={padding!r}; expected 'valid' or 'same'"
