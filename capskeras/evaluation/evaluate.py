@@ -33,6 +33,7 @@ from absl import logging
 from capskeras.data import mnist
 from capskeras.evaluation import generalization
 from capskeras.evaluation import plots
+from capskeras.files import write_text_atomically
 
 FLAGS = flags.FLAGS
 JSON_FILE = "rotation_sweep.json"
@@ -164,10 +165,7 @@ def write_results(results, output_dir):
     """Writes `rotation_sweep.json` and `rotation_sweep.png`; returns their paths."""
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, JSON_FILE)
-    partial = json_path + ".partial"
-    with open(partial, "w") as f:
-        f.write(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, json_path)
+    write_text_atomically(json_path, json.dumps(results, indent=2) + "\n")
     png_path = plots.save_rotation_sweep_plot(
         {model["name"]: model["accuracy_by_angle"] for model in results["models"]},
         os.path.join(output_dir, PNG_FILE),

@@ -5,6 +5,7 @@ import os
 
 import keras
 
+from capskeras.files import write_text_atomically
 from capskeras.layers.k_sparse import KSparse
 
 STATE_FILE = "latest.json"
@@ -62,9 +63,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         partial = os.path.join(self.directory, f".partial-{weights}")
         self.model.save_weights(partial, overwrite=True)
         os.replace(partial, os.path.join(self.directory, weights))
-        _write_json_atomically(
+        write_text_atomically(
             os.path.join(self.directory, STATE_FILE),
-            {"epoch": epoch + 1, "weights": weights, "history": self.history},
+            json.dumps({"epoch": epoch + 1, "weights": weights, "history": self.history}, indent=2),
         )
         self._prune(keep_name=weights)
 
@@ -120,10 +121,3 @@ def _ksparse_layers(layer):
     for sublayer in getattr(layer, "layers", []):
         found.extend(_ksparse_layers(sublayer))
     return found
-
-
-def _write_json_atomically(path, value):
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(partial, path)

@@ -22,6 +22,7 @@ import keras
 from capskeras import export
 from capskeras.data import mnist
 from capskeras.evaluation import plots
+from capskeras.files import write_text_atomically
 from capskeras.models import registry
 from capskeras.models.autoencoder import Autoencoder
 from capskeras.training import callbacks
@@ -74,8 +75,8 @@ def _train(config):
     chief = strategies.is_chief()
     if chief:
         os.makedirs(config.model_dir, exist_ok=True)
-        _write(os.path.join(config.model_dir, "config.json"), config.to_json())
-        _write(os.path.join(config.model_dir, "flags.cfg"), config.to_flagfile())
+        write_text_atomically(os.path.join(config.model_dir, "config.json"), config.to_json())
+        write_text_atomically(os.path.join(config.model_dir, "flags.cfg"), config.to_flagfile())
     verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
     results = {
         "experiment": config.experiment,
@@ -114,7 +115,7 @@ def _train(config):
         if config.export_dir:
             results["export"] = export.export_saved_model(model, config.export_dir, image_shape)
             logging.info("Exported SavedModel to %s", results["export"])
-        _write(os.path.join(config.model_dir, "metrics.json"), json.dumps(results, indent=2))
+        write_text_atomically(os.path.join(config.model_dir, "metrics.json"), json.dumps(results, indent=2))
     return results
 
 
@@ -276,13 +277,6 @@ def _save_model(model, model_dir):
     model.save(partial)
     os.replace(partial, path)
     return path
-
-
-def _write(path, text):
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        f.write(text)
-    os.replace(partial, path)
 
 
 def main(argv):
