@@ -172,17 +172,6 @@ def accepted_names():
     return sorted(BENCHMARKS) + [name for name in experiment_names() if name not in BENCHMARKS]
 
 
-def config_from_overrides(overrides=()):
-    """The trainer's default `TrainConfig` with `--flag=value` overrides."""
-    flag_values = flags.FlagValues()
-    trainer_flags.define_flags(flag_values)
-    try:
-        flag_values(["bench", *overrides])
-    except flags.Error as error:
-        raise ValueError(f"Received: {list(overrides)}; {error}") from None
-    return trainer_flags.config_from_flags(flag_values)
-
-
 def resolve(name, overrides=()):
     """The `(config, builder)` that `--model=name` benchmarks.
 
@@ -194,7 +183,7 @@ def resolve(name, overrides=()):
         ValueError: `name` is neither, naming it and the accepted names.
     """
     if name in BENCHMARKS:
-        return config_from_overrides(overrides), BENCHMARKS[name]
+        return trainer_flags.config_from_arguments(overrides), BENCHMARKS[name]
     if name in experiment_names():
         path = str(FLAGS_DIR / f"{name}.cfg")
         return trainer_flags.config_from_flagfile(path, overrides), study_workload

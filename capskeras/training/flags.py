@@ -3,8 +3,9 @@
 Importing this module defines the flags on absl's global `FLAGS`; none is
 required at import time, so tools and tests can import it freely.
 `config_from_flags()` reads them back into a `TrainConfig` once absl has
-parsed the command line, and `config_from_flagfile()` reads a flagfile into
-a `TrainConfig` without touching the global flags.
+parsed the command line; `config_from_arguments()` and
+`config_from_flagfile()` read arguments or a flagfile into a `TrainConfig`
+without touching the global flags.
 """
 
 import dataclasses
@@ -56,6 +57,24 @@ def config_from_flags(flag_values=FLAGS):
     return TrainConfig(**values)
 
 
+def config_from_arguments(arguments=()):
+    """The `TrainConfig` of command-line `--flag=value` arguments.
+
+    Parses into a fresh `FlagValues`, so absl's global flags are untouched;
+    unset flags keep the trainer's defaults.
+
+    Raises:
+        ValueError: an argument names an unknown flag or a malformed value.
+    """
+    flag_values = absl_flags.FlagValues()
+    define_flags(flag_values)
+    try:
+        flag_values(["capskeras", *arguments])
+    except absl_flags.Error as error:
+        raise ValueError(f"Received: {list(arguments)}; {error}") from None
+    return config_from_flags(flag_values)
+
+
 def config_from_flagfile(path, overrides=()):
     """The `TrainConfig` of flagfile `path`, with `--flag=value` overrides after it.
 
@@ -63,15 +82,12 @@ def config_from_flagfile(path, overrides=()):
         ValueError: the file is missing or a flag in it or in `overrides`
             is unknown or malformed.
     """
-    flag_values = absl_flags.FlagValues()
-    define_flags(flag_values)
     try:
         with open(path):
             pass
-        flag_values(["capskeras", f"--flagfile={path}", *overrides])
-    except (OSError, absl_flags.Error) as error:
-        raise ValueError(f"Received: flagfile={path!r}; {error}") from None
-    return config_from_flags(flag_values)
+    except OSError as error:
+        raise ValueError(f"Received: flagfile={str(path)!r}; {error}") from None
+    return config_from_arguments([f"--flagfile={path}", *overrides])
 
 
 define_flags()
