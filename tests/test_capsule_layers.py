@@ -105,11 +105,12 @@ def test_primary_capsules_validation():
 # ---------------------------------------------------------------- CapsuleDense
 
 
-@pytest.mark.parametrize("iterations", [1, 3])
-def test_capsule_dense_matches_reference_routing(iterations):
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training-xla"])
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_capsule_dense_matches_reference_routing(iterations, training):
     layer = CapsuleDense(NUM_CLASSES, 5, routing_iterations=iterations)
     x = 0.5 * _random_capsules((2, 6, 4))
-    out, couplings = layer(x, return_couplings=True)
+    out, couplings = layer(x, training=training, return_couplings=True)
     kernel = ops.convert_to_numpy(layer.kernel)
     assert kernel.shape == (6, NUM_CLASSES, 4, 5)
     expected_v, expected_c = _np_routing(x.astype("float64"), kernel.astype("float64"), iterations)
@@ -152,6 +153,25 @@ def test_gradient_flows_through_routing_iterations():
     grad = tape.gradient(total, x).numpy()
     assert np.all(np.isfinite(grad))
     assert np.abs(grad).max() > 1e-6
+
+
+def test_training_and_inference_routing_agree_with_gradients():
+    # Training runs the XLA-compiled routing, inference the plain one: the
+    # outputs and the gradients a train step applies must be the same.
+    layer = CapsuleDense(NUM_CLASSES, 5, routing_iterations=3)
+    x = tf.constant(_random_capsules((3, 6, 4)))
+    probe = tf.constant(_random_capsules((3, NUM_CLASSES, 5), seed=1))
+    results = []
+    for training in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x, training=training)
+            total = tf.reduce_sum(out * probe)
+        grads = tape.gradient(total, [x, layer.kernel])
+        results.append([out.numpy()] + [g.numpy() for g in grads])
+    for plain, compiled in zip(*results):
+        np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-6)
+    assert np.abs(results[0][2]).max() > 1e-6
 
 
 def test_capsule_dense_output_shape():

@@ -5,7 +5,7 @@ from keras import ops
 
 from capskeras import ops as capsule_ops
 from capskeras.checks import check_positive_int
-
+from capskeras.xla import compiled
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -26,7 +26,10 @@ class CapsuleDense(keras.layers.Layer):
     gradients flow through every iteration. The predictions `u_hat` are
     computed in the compute dtype; routing logits, couplings and agreement
     are computed in `float32` even under mixed precision, and the output is
-    cast back to the compute dtype.
+    cast back to the compute dtype. In training on the TensorFlow backend
+    the routing runs as one XLA cluster (`capskeras.xla.compiled`), which
+    fuses the element-wise work of its backward pass; inference uses the
+    backend's own kernels, so a new batch size never waits for a compile.
 
     Args:
         num_capsules: Positive int, number of output capsules.
@@ -44,6 +47,8 @@ class CapsuleDense(keras.layers.Layer):
 
     Call arguments:
         inputs: Input capsules, a 3D tensor.
+        training: Python bool; `True` runs the XLA-compiled routing on
+            TensorFlow. Same results either way, up to float rounding.
         return_couplings: Python bool. If `True`, also return the coupling
             coefficients `c` used in the last routing iteration, in `float32`.
             Defaults to `False`.
@@ -117,54 +122,18 @@ class CapsuleDense(keras.layers.Layer):
             constraint=self.kernel_constraint,
         )
 
-    def call(self, inputs, return_couplings=False):
-        input_capsules, num_capsules = self.kernel.shape[0], self.num_capsules
-        input_dim, capsule_dim = self.kernel.shape[2], self.capsule_dim
-        batch = ops.shape(inputs)[0]
-        # All predictions in one batched matmul over the input capsules i:
-        # [i, batch, d] @ [i, d, (j e)] -> [i, batch, (j e)], then laid out
-        # as [batch, out j, in i, dim e], so that the routing sums below are
-        # batched matrix-vector products over (batch, j): no transposes or
-        # broadcast temporaries of u_hat's size inside the loop. (An einsum
-        # "bid,ijde->bjie" lowers to the same matmul plus transposes of
-        # both operands and of u_hat, and is slower on CPU.)
-        kernel = ops.reshape(
-            ops.transpose(self.kernel, (0, 2, 1, 3)),
-            (input_capsules, input_dim, num_capsules * capsule_dim),
-        )
-        u_hat = ops.matmul(ops.transpose(inputs, (1, 0, 2)), kernel)
-        u_hat = ops.reshape(u_hat, (input_capsules, batch, num_capsules, capsule_dim))
-        u_hat = ops.transpose(u_hat, (1, 2, 0, 3))
-        if self.compute_dtype != "float32":
-            u_hat = ops.cast(u_hat, "float32")
-
-        # The first iteration has b = 0, hence uniform couplings 1/N_out:
-        # skip the softmax and the zero logits.
-        logits = None
-        couplings = None
-        for iteration in range(self.routing_iterations):
-            if logits is None:
-                s = ops.sum(u_hat, axis=2) / float(num_capsules)
-            else:
-                couplings = ops.softmax(logits, axis=1)  # over outputs j
-                # s_j = sum_i c_ij u_hat[j|i]: [b, j, 1, i] @ [b, j, i, e].
-                s = ops.squeeze(
-                    ops.matmul(ops.expand_dims(couplings, 2), u_hat), axis=2
-                )
-            v = capsule_ops.squash(s)
-            if iteration < self.routing_iterations - 1:
-                # u_hat[j|i] . v_j: [b, j, i, e] @ [b, j, e, 1].
-                agreement = ops.squeeze(
-                    ops.matmul(u_hat, ops.expand_dims(v, -1)), axis=-1
-                )
-                logits = agreement if logits is None else logits + agreement
-
-        outputs = v if self.compute_dtype == "float32" else ops.cast(v, self.compute_dtype)
+    def call(self, inputs, training=None, return_couplings=False):
+        kernel = self.kernel.value  # In the compute dtype (autocast).
+        # In training, the routing and its gradient run as one XLA cluster on
+        # TensorFlow: it fuses the element-wise work of the backward pass.
+        # Inference keeps the backend's own kernels, so that every new batch
+        # size (in serving, say) does not wait for a compilation.
+        route = compiled_routing if training else route_by_agreement
+        outputs, couplings = route(inputs, kernel, self.routing_iterations, return_couplings)
+        outputs = ops.cast(outputs, self.compute_dtype)
         if not return_couplings:
             return outputs
-        if couplings is None:
-            couplings = ops.ones_like(u_hat[..., 0]) / float(num_capsules)
-        return outputs, ops.transpose(couplings, (0, 2, 1))
+        return outputs, couplings
 
     def compute_output_shape(self, input_shape):
         self._check_input_shape(input_shape)
@@ -200,3 +169,82 @@ class CapsuleDense(keras.layers.Layer):
             }
         )
         return config
+
+
+def route_by_agreement(inputs, kernel, routing_iterations, return_couplings=False):
+    """Routing by agreement (Procedure 1 of Sabour et al., 2017).
+
+    Args:
+        inputs: input capsules `u`, `[batch, input_capsules, input_dim]`.
+        kernel: the matrices `W`, `[input_capsules, num_capsules, input_dim,
+            capsule_dim]`, in the dtype of `inputs`.
+        routing_iterations: Python int >= 1.
+        return_couplings: Python bool; whether to also compute the coupling
+            coefficients of the last iteration.
+
+    Returns:
+        `(outputs, couplings)`: the output capsules `v`, `[batch,
+        num_capsules, capsule_dim]` in `float32`, and the couplings `c`,
+        `[batch, input_capsules, num_capsules]` in `float32`, or `None`
+        when `return_couplings` is `False`.
+    """
+    input_capsules, num_capsules, input_dim, capsule_dim = kernel.shape
+    # W as one [input_dim, num_capsules * capsule_dim] matrix per input i.
+    kernel = ops.reshape(
+        ops.transpose(kernel, (0, 2, 1, 3)),
+        (input_capsules, input_dim, num_capsules * capsule_dim),
+    )
+
+    # Iteration 1: the logits are 0, so the couplings are uniform and
+    # s_j = 1/N_out sum_i W_ij u_i is one matmul over all (i, d) at once;
+    # it needs no predictions u_hat.
+    s = ops.matmul(
+        ops.reshape(inputs, (-1, input_capsules * input_dim)),
+        ops.reshape(kernel, (input_capsules * input_dim, num_capsules * capsule_dim)),
+    )
+    s = ops.reshape(ops.cast(s, "float32"), (-1, num_capsules, capsule_dim))
+    outputs = capsule_ops.squash(s / float(num_capsules))
+    couplings = None
+    if routing_iterations > 1:
+        # All predictions in one batched matmul over the input capsules i:
+        # [i, batch, d] @ [i, d, (j e)] -> [i, batch, (j e)], then laid out
+        # as [batch, out j, in i, dim e], so that the routing sums below are
+        # batched matrix-vector products over (batch, j).
+        u_hat = ops.matmul(ops.transpose(inputs, (1, 0, 2)), kernel)
+        u_hat = ops.reshape(u_hat, (input_capsules, -1, num_capsules, capsule_dim))
+        u_hat = ops.cast(ops.transpose(u_hat, (1, 2, 0, 3)), "float32")
+        # The agreement u_hat[j|i] . v_j is linear in v_j, so the logits
+        # after t iterations, sum over t of u_hat . v_t, are u_hat . (sum v_t):
+        # one product per iteration and no running logits.
+        summed_outputs = outputs
+        for _ in range(1, routing_iterations):
+            logits = ops.squeeze(  # [b, j, i, e] @ [b, j, e, 1]
+                ops.matmul(u_hat, ops.expand_dims(summed_outputs, -1)), axis=-1
+            )
+            couplings = _softmax_over_outputs(logits)
+            s = ops.squeeze(  # [b, j, 1, i] @ [b, j, i, e]
+                ops.matmul(ops.expand_dims(couplings, 2), u_hat), axis=2
+            )
+            outputs = capsule_ops.squash(s)
+            summed_outputs = summed_outputs + outputs
+    if not return_couplings:
+        return outputs, None
+    if couplings is None:
+        couplings = ops.ones((ops.shape(inputs)[0], num_capsules, input_capsules)) / float(
+            num_capsules
+        )
+    return outputs, ops.transpose(couplings, (0, 2, 1))
+
+
+def _softmax_over_outputs(logits):
+    """Softmax over axis 1 of `[batch, num_capsules, input_capsules]` logits.
+
+    Written out rather than `ops.softmax(logits, axis=1)`, which on
+    TensorFlow transposes the logits to put the axis last and back: twice as
+    slow for CapsNet's 1,152 x 10 logits per image.
+    """
+    exponentials = ops.exp(logits - ops.max(logits, axis=1, keepdims=True))
+    return exponentials / ops.sum(exponentials, axis=1, keepdims=True)
+
+
+compiled_routing = compiled(route_by_agreement)
