@@ -14,6 +14,8 @@ import tempfile
 import tensorflow as tf
 from keras.export import ExportArchive
 
+from capskeras import xla
+
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
 
@@ -59,18 +61,21 @@ def export_saved_model(model, export_dir, image_shape, version=None):
     os.makedirs(export_dir, exist_ok=True)
     target = os.path.join(export_dir, str(version))
 
-    archive = ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name=SIGNATURE_NAME,
-        fn=lambda images: _float32_outputs(model.serving_outputs(images)),
-        input_signature=[
-            tf.TensorSpec((None,) + tuple(image_shape), tf.float32, name=INPUT_NAME)
-        ],
-    )
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
     try:
-        archive.write_out(staging, verbose=False)
+        # TensorFlow Serving runs XLA clusters only behind an experimental
+        # flag: the signature is traced with the plain kernels.
+        with xla.disabled():
+            archive = ExportArchive()
+            archive.track(model)
+            archive.add_endpoint(
+                name=SIGNATURE_NAME,
+                fn=lambda images: _float32_outputs(model.serving_outputs(images)),
+                input_signature=[
+                    tf.TensorSpec((None,) + tuple(image_shape), tf.float32, name=INPUT_NAME)
+                ],
+            )
+            archive.write_out(staging, verbose=False)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,33 +1,69 @@
 """XLA compilation of one hot function, on the backends that have it.
 
 Compiling a whole CapsNet with XLA slows its CPU convolution backprop many
-times over, while compiling the routing alone speeds up a training step: the
-compiler fuses the element-wise work of routing by agreement and its
-gradient. `compiled` compiles just such a function and leaves the rest of
-the model to the backend's own kernels.
+times over, while compiling the routing alone speeds it up: the compiler
+fuses its element-wise work and writes the predictions in the layout the
+routing reads. `compiled` compiles just such a function and leaves the rest
+of the model to the backend's own kernels.
+
+SavedModel exports are traced inside `disabled()`: TensorFlow Serving runs
+XLA clusters only behind an experimental flag, so exported graphs hold the
+plain kernels.
 """
 
+import contextlib
 import functools
+import threading
 
 import keras
 
-_compiled = {}
+_state = threading.local()
 
 
-def compiled(function):
+@contextlib.contextmanager
+def disabled():
+    """Within this context, functions from `compiled` run their fallback.
+
+    It acts when a function is traced (or run eagerly), so trace the graphs
+    that must not hold XLA clusters inside it.
+
+    Example:
+
+    ```python
+    with capskeras.xla.disabled():
+        archive.add_endpoint("serve", serve, input_signature)
+    ```
+    """
+    previous = getattr(_state, "disabled", False)
+    _state.disabled = True
+    try:
+        yield
+    finally:
+        _state.disabled = previous
+
+
+def is_enabled():
+    """Whether a function from `compiled` would run compiled here."""
+    return keras.backend.backend() == "tensorflow" and not getattr(_state, "disabled", False)
+
+
+def compiled(function, fallback=None):
     """Returns `function` compiled with XLA on the TensorFlow backend.
 
-    On TensorFlow the result is a `tf.function(jit_compile=True)`: called
+    On TensorFlow the result calls a `tf.function(jit_compile=True)`: called
     inside a traced Keras step it becomes one XLA cluster in that graph,
-    compiled once per distinct input shape, and TensorFlow differentiates
-    through it. On other backends `function` is returned unchanged.
+    compiled once per distinct input shape (a fraction of a second), and
+    TensorFlow differentiates through it. On other backends, and inside
+    `disabled()`, it calls `fallback` instead.
 
     Python arguments (ints, bools) are static: each distinct value gets its
-    own trace. Tensor arguments must have the same dtypes and ranks on
-    every call for the trace to be reused.
+    own trace.
 
     Args:
         function: a pure function of tensors written with `keras.ops`.
+        fallback: a function with the same signature and results, for when
+            XLA is not used; one whose formulation suits the backend's own
+            kernels. Defaults to `function`.
 
     Returns:
         A function with the same signature and results.
@@ -35,21 +71,22 @@ def compiled(function):
     Example:
 
     ```python
-    route = compiled(route_by_agreement)
-    outputs, couplings = route(capsules, kernel, 3)
+    route = compiled(fused_routing, fallback=routing)
+    outputs = route(capsules, kernel, 3)
     ```
     """
-    if keras.backend.backend() != "tensorflow":
-        return function
+    fallback = function if fallback is None else fallback
+    compiled_function = None
 
     @functools.wraps(function)
     def call(*args, **kwargs):
-        if function not in _compiled:
+        nonlocal compiled_function
+        if not is_enabled():
+            return fallback(*args, **kwargs)
+        if compiled_function is None:
             import tensorflow as tf  # Only on the TensorFlow backend.
 
-            _compiled[function] = tf.function(
-                function, jit_compile=True, reduce_retracing=True
-            )
-        return _compiled[function](*args, **kwargs)
+            compiled_function = tf.function(function, jit_compile=True)
+        return compiled_function(*args, **kwargs)
 
     return call

@@ -1,9 +1,12 @@
 """CapsNet and the convolutional baselines it is compared with."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from capskeras import export
 from capskeras.data import load_mnist
@@ -101,6 +104,26 @@ def test_capsnet_round_trips_through_keras_and_serves(digits, tmp_path):
         "encoding", "capsule_lengths", "probabilities", "class_ids", "reconstruction"}
     for name, value in expected.items():
         np.testing.assert_allclose(served[name].numpy(), np.asarray(value), atol=1e-5)
+
+
+def _xla_compiled_functions(function_defs):
+    return [f.signature.name for f in function_defs
+            if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+
+
+def test_routing_runs_under_xla_in_keras_but_exports_plain(tmp_path):
+    # TensorFlow Serving runs XLA clusters only behind an experimental flag.
+    model = build_model("capsnet")
+    spec = tf.TensorSpec((None, 28, 28, 1), tf.float32)
+    traced = tf.function(model.serving_outputs).get_concrete_function(spec)
+    assert _xla_compiled_functions(traced.graph.as_graph_def().library.function)
+
+    path = export.export_saved_model(model, str(tmp_path), (28, 28, 1))
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    library = saved.meta_graphs[0].graph_def.library.function
+    assert library and not _xla_compiled_functions(library)
 
 
 def test_digit_capsules_serve_as_a_study_encoder(digits):
