@@ -128,7 +128,7 @@ class CapsuleDense(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_couplings=False):
         kernel = self.kernel.value  # In the compute dtype (autocast).
-        route = training_routing if training else inference_routing
+        route = _training_routing if training else _inference_routing
         outputs, couplings = route(inputs, kernel, self.routing_iterations, return_couplings)
         outputs = ops.cast(outputs, self.compute_dtype)
         if not return_couplings:
@@ -280,8 +280,8 @@ def _softmax_over_outputs(logits):
 # Training differentiates the routing, so its predictions come from the
 # matmul; inference writes them with the fused loop. Both run as XLA
 # clusters on TensorFlow and fall back to the matmul formulation elsewhere.
-training_routing = compiled(route_by_agreement)
-inference_routing = compiled(
+_training_routing = compiled(route_by_agreement)
+_inference_routing = compiled(
     functools.partial(route_by_agreement, fused_predictions=True),
     fallback=route_by_agreement,
 )
