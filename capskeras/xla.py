@@ -60,7 +60,9 @@ def compiled(function, fallback=None):
     own trace.
 
     Args:
-        function: a pure function of tensors written with `keras.ops`.
+        function: a pure function of tensors written with `keras.ops`, its
+            Python control flow depending on Python values only (AutoGraph
+            is off).
         fallback: a function with the same signature and results, for when
             XLA is not used; one whose formulation suits the backend's own
             kernels. Defaults to `function`.
@@ -86,7 +88,7 @@ def compiled(function, fallback=None):
         if compiled_function is None:
             import tensorflow as tf  # Only on the TensorFlow backend.
 
-            compiled_function = tf.function(function, jit_compile=True)
+            compiled_function = tf.function(function, jit_compile=True, autograph=False)
         return compiled_function(*args, **kwargs)
 
     return call

@@ -1,7 +1,5 @@
 """CapsuleDense: fully connected capsules with dynamic routing by agreement."""
 
-import functools
-
 import keras
 from keras import ops
 
@@ -277,11 +275,14 @@ def _softmax_over_outputs(logits):
     return exponentials / ops.sum(exponentials, axis=1, keepdims=True)
 
 
+def _route_with_fused_predictions(inputs, kernel, routing_iterations, return_couplings=False):
+    return route_by_agreement(
+        inputs, kernel, routing_iterations, return_couplings, fused_predictions=True
+    )
+
+
 # Training differentiates the routing, so its predictions come from the
 # matmul; inference writes them with the fused loop. Both run as XLA
 # clusters on TensorFlow and fall back to the matmul formulation elsewhere.
 _training_routing = compiled(route_by_agreement)
-_inference_routing = compiled(
-    functools.partial(route_by_agreement, fused_predictions=True),
-    fallback=route_by_agreement,
-)
+_inference_routing = compiled(_route_with_fused_predictions, fallback=route_by_agreement)
