@@ -140,10 +140,10 @@ class CapsuleDense(keras.layers.Layer):
                 _inference_routing(part, kernel, self.routing_iterations, return_couplings)
                 for part in (inputs[:half], inputs[half:])
             ]
-            outputs = ops.concatenate([outputs for outputs, _ in halves], axis=0)
+            outputs = ops.concatenate([part_outputs for part_outputs, _ in halves], axis=0)
             couplings = None
             if return_couplings:
-                couplings = ops.concatenate([couplings for _, couplings in halves], axis=0)
+                couplings = ops.concatenate([part_couplings for _, part_couplings in halves], axis=0)
         outputs = ops.cast(outputs, self.compute_dtype)
         if not return_couplings:
             return outputs
