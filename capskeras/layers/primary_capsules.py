@@ -7,7 +7,6 @@ from capskeras import ops as capsule_ops
 from capskeras.checks import check_positive_int
 
 
-
 @keras.saving.register_keras_serializable(package="capskeras")
 class PrimaryCapsules(keras.layers.Layer):
     """Convolutional primary capsules (the PrimaryCaps layer of CapsNet).
