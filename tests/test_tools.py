@@ -293,6 +293,30 @@ def test_capsnet_conv_stack_has_capsnets_convolutions():
     assert workload.model.count_params() == conv_params + 256 * 10 + 10  # + the 10-way dense
 
 
+def test_capsnet_routing_is_capsnets_digit_capsule_layer():
+    bench = _load_tool("bench")
+    from capskeras.models.capsnet import CapsNet
+
+    config, builder = bench.resolve("capsnet_routing", ["--batch_size=4"])
+    workload = builder(config)
+    assert workload.image_shape == (1152, 8)
+    routing = workload.model.get_layer("digit_capsules")
+    capsnet_routing = CapsNet().encoder.get_layer("digit_capsules")
+    keys = ("num_capsules", "capsule_dim", "routing_iterations")
+    assert {k: routing.get_config()[k] for k in keys} == {
+        k: capsnet_routing.get_config()[k] for k in keys}
+    assert routing.count_params() == capsnet_routing.count_params()
+    inputs, targets = bench.synthetic_batch(workload, 4)
+    assert math.isfinite(float(workload.model.train_on_batch(inputs, targets)))
+
+    # The routing runs as an XLA cluster, which the profiler cannot see into;
+    # the count must still hold its matmuls: the first iteration's and
+    # u_hat's (2 x 2IDJE), then agreement and sum for 2 iterations (4 x 2JIE).
+    flops, uncounted, _ = bench.forward_flops(workload.model, inputs)
+    assert flops >= 2 * (2 * 1152 * 8 * 10 * 16) + 4 * (2 * 10 * 1152 * 16)
+    assert not {"StatefulPartitionedCall", "PartitionedCall"} & set(uncounted)
+
+
 def test_bench_pair_reports_both_models_and_their_ratios(monkeypatch):
     bench = _load_tool("bench")
     import keras

@@ -54,6 +54,11 @@ from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.profiler import model_analyzer
 from tensorflow.python.profiler import option_builder
 
+from capskeras import xla
+from capskeras.layers import CapsuleDense
+from capskeras.layers import CapsuleLength
+from capskeras.losses import MarginLoss
+from capskeras.models.capsnet import capsule_encoder
 from capskeras.training import flags as trainer_flags
 from capskeras.training.config import TrainConfig
 from capskeras.training.train import build_model
@@ -159,7 +164,42 @@ def capsnet_conv_stack(config):
     )
 
 
-BENCHMARKS = {"capsnet_conv_stack": capsnet_conv_stack}
+def capsnet_routing(config):
+    """CapsNet's digit-capsule layer alone: routing by agreement, timed apart.
+
+    Exactly CapsNet's `digit_capsules` (10 capsules of 16D routed from its
+    primary capsules, `--routing_iterations` iterations) on inputs of the
+    primary capsules' shape (`[1152, 8]` at 28x28), uniform in [0, 1],
+    trained on the margin loss of the capsule lengths with Adam. Where
+    `capsnet_conv_stack` is CapsNet without its capsules, this is its
+    capsules without the convolutions.
+    """
+    primary = capsule_encoder(image_shape_of(config)).get_layer("primary_capsules")
+    capsules_shape = tuple(primary.output.shape[1:])
+    model = keras.Sequential(
+        [
+            keras.Input(capsules_shape),
+            CapsuleDense(10, 16, routing_iterations=config.routing_iterations,
+                         name="digit_capsules"),
+            CapsuleLength(name="lengths"),
+        ],
+        name="capsnet_routing",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=MarginLoss(),
+        jit_compile=config.jit_compile,
+    )
+    return Workload(
+        model=model,
+        image_shape=capsules_shape,
+        make_example=lambda capsules, labels: (capsules, labels),
+        num_classes=10,
+        description="CapsNet's digit capsules alone, on inputs of its primary capsules' shape",
+    )
+
+
+BENCHMARKS = {"capsnet_conv_stack": capsnet_conv_stack, "capsnet_routing": capsnet_routing}
 
 
 def experiment_names():
@@ -335,10 +375,14 @@ def forward_flops(model, inputs):
     """`graph_flops` of one example's forward pass in inference mode.
 
     Traces `model(inputs, training=False)` as a `tf.function` at batch 1;
-    `inputs` is a batch that gives the structure, shapes and dtypes.
+    `inputs` is a batch that gives the structure, shapes and dtypes. The
+    trace runs inside `capskeras.xla.disabled()`: the profiler does not look
+    inside XLA clusters, and the plain kernels do the same arithmetic.
     """
     forward = tf.function(lambda x: model(x, training=False))
-    return graph_flops(forward.get_concrete_function(_specs_at_batch_1(inputs)).graph)
+    with xla.disabled():
+        concrete = forward.get_concrete_function(_specs_at_batch_1(inputs))
+    return graph_flops(concrete.graph)
 
 
 def train_flops(model, inputs, targets):
@@ -349,7 +393,8 @@ def train_flops(model, inputs, targets):
     batch 1; frozen encoders behind a stop-gradient get no backward pass.
     Not included: the optimizer's update (a few FLOPs per weight per step,
     not per example). Included: an input gradient of the first layer that
-    nothing uses (pruned when the step runs).
+    nothing uses (pruned when the step runs). Traced without XLA clusters,
+    as `forward_flops` is.
     """
 
     def step(x, y):
@@ -358,9 +403,10 @@ def train_flops(model, inputs, targets):
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
         return tape.gradient(loss, model.trainable_variables)
 
-    concrete = tf.function(step).get_concrete_function(
-        _specs_at_batch_1(inputs), _specs_at_batch_1(targets)
-    )
+    with xla.disabled():
+        concrete = tf.function(step).get_concrete_function(
+            _specs_at_batch_1(inputs), _specs_at_batch_1(targets)
+        )
     return graph_flops(concrete.graph)
 
 
