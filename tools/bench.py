@@ -33,36 +33,41 @@ skip their backward pass, so for them this overstates the work done, and
 profiler's count of the loss-and-gradients graph instead.
 """
 
-import dataclasses
-import json
-import math
-import os
-import pathlib
-import platform
-import resource
-import statistics
-import sys
-import time
+# oneDNN on (unless TF_ENABLE_ONEDNN_OPTS is set) before anything imports TensorFlow.
+from capskeras import onednn
 
-from absl import app
-from absl import flags
-from absl import logging
-import keras
-import numpy as np
-import tensorflow as tf
-from tensorflow.python.framework import ops as tf_ops
-from tensorflow.python.profiler import model_analyzer
-from tensorflow.python.profiler import option_builder
+onednn.enable()
 
-from capskeras import xla
-from capskeras.layers import CapsuleDense
-from capskeras.layers import CapsuleLength
-from capskeras.losses import MarginLoss
-from capskeras.models.capsnet import capsule_encoder
-from capskeras.training import flags as trainer_flags
-from capskeras.training.config import TrainConfig
-from capskeras.training.train import build_model
-from capskeras.training.train import image_shape_of
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework import ops as tf_ops  # noqa: E402
+from tensorflow.python.profiler import model_analyzer  # noqa: E402
+from tensorflow.python.profiler import option_builder  # noqa: E402
+
+from capskeras import xla  # noqa: E402
+from capskeras.layers import CapsuleDense  # noqa: E402
+from capskeras.layers import CapsuleLength  # noqa: E402
+from capskeras.losses import MarginLoss  # noqa: E402
+from capskeras.models.capsnet import capsule_encoder  # noqa: E402
+from capskeras.training import flags as trainer_flags  # noqa: E402
+from capskeras.training.config import TrainConfig  # noqa: E402
+from capskeras.training.train import build_model  # noqa: E402
+from capskeras.training.train import image_shape_of  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS_DIR = REPO / "flags"
@@ -534,6 +539,7 @@ def _model_report(prepared, timings, steps, repeats):
 
 
 def _machine_report(peak, peak_size, repeats, steps, warmup_steps):
+    onednn_status = onednn.status()
     return {
         "peak_rss_mib": peak_rss_mib(),
         "matmul_peak_gflops": round(peak, 1),
@@ -543,6 +549,10 @@ def _machine_report(peak, peak_size, repeats, steps, warmup_steps):
         "steps": steps,
         "warmup_steps": warmup_steps,
         "device": device_description(),
+        "cpu": onednn_status["cpu"],
+        "cpu_vector_extensions": onednn_status["vector_extensions"],
+        "onednn_enabled": onednn_status["enabled"],
+        "onednn_variable": onednn_status["variable"],
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }

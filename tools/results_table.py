@@ -19,19 +19,24 @@ every flagfile. The table goes to stdout (and `--output`); training logs go
 to stderr.
 """
 
-import contextlib
-import dataclasses
-import json
-import os
-import pathlib
-import sys
+# oneDNN on (unless TF_ENABLE_ONEDNN_OPTS is set) before anything imports TensorFlow.
+from capskeras import onednn
 
-from absl import app
-from absl import flags
+onednn.enable()
 
-from capskeras.training.config import TrainConfig
-from capskeras.training.flags import FLAGS
-from capskeras.training.flags import config_from_flagfile
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from capskeras.training.config import TrainConfig  # noqa: E402
+from capskeras.training.flags import FLAGS  # noqa: E402
+from capskeras.training.flags import config_from_flagfile  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS_DIR = REPO / "flags"
