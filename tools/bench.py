@@ -59,7 +59,6 @@ from tensorflow.python.framework import ops as tf_ops  # noqa: E402
 from tensorflow.python.profiler import model_analyzer  # noqa: E402
 from tensorflow.python.profiler import option_builder  # noqa: E402
 
-from capskeras import xla  # noqa: E402
 from capskeras.layers import CapsuleDense  # noqa: E402
 from capskeras.layers import CapsuleLength  # noqa: E402
 from capskeras.losses import MarginLoss  # noqa: E402
@@ -381,12 +380,12 @@ def forward_flops(model, inputs):
 
     Traces `model(inputs, training=False)` as a `tf.function` at batch 1;
     `inputs` is a batch that gives the structure, shapes and dtypes. The
-    trace runs inside `capskeras.xla.disabled()`: the profiler does not look
-    inside XLA clusters, and the plain kernels do the same arithmetic.
+    trace is not a Keras step, so layers compiling parts of themselves
+    "auto" write the plain kernels: the profiler does not look inside XLA
+    clusters, and the plain kernels do the same arithmetic.
     """
     forward = tf.function(lambda x: model(x, training=False))
-    with xla.disabled():
-        concrete = forward.get_concrete_function(_specs_at_batch_1(inputs))
+    concrete = forward.get_concrete_function(_specs_at_batch_1(inputs))
     return graph_flops(concrete.graph)
 
 
@@ -408,10 +407,9 @@ def train_flops(model, inputs, targets):
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
         return tape.gradient(loss, model.trainable_variables)
 
-    with xla.disabled():
-        concrete = tf.function(step).get_concrete_function(
-            _specs_at_batch_1(inputs), _specs_at_batch_1(targets)
-        )
+    concrete = tf.function(step).get_concrete_function(
+        _specs_at_batch_1(inputs), _specs_at_batch_1(targets)
+    )
     return graph_flops(concrete.graph)
 
 
