@@ -14,7 +14,6 @@ import tempfile
 import tensorflow as tf
 from keras.export import ExportArchive
 
-from capskeras import xla
 from capskeras.models.contract import check_servable
 from capskeras.models.contract import check_serving_outputs
 
@@ -61,19 +60,19 @@ def export_saved_model(model, export_dir, image_shape, version=None):
 
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
     try:
-        # TensorFlow Serving runs XLA clusters only behind an experimental
-        # flag: the signature is traced with the plain kernels.
-        with xla.disabled():
-            archive = ExportArchive()
-            archive.track(model)
-            archive.add_endpoint(
-                name=SIGNATURE_NAME,
-                fn=lambda images: _float32_outputs(check_serving_outputs(model.serving_outputs(images))),
-                input_signature=[
-                    tf.TensorSpec((None,) + tuple(image_shape), tf.float32, name=INPUT_NAME)
-                ],
-            )
-            archive.write_out(staging, verbose=False)
+        # Traced outside Keras's train and predict steps, so layers that
+        # compile parts of themselves with XLA by default ("auto") write the
+        # plain kernels, which TensorFlow Serving runs without extra flags.
+        archive = ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            name=SIGNATURE_NAME,
+            fn=lambda images: _float32_outputs(check_serving_outputs(model.serving_outputs(images))),
+            input_signature=[
+                tf.TensorSpec((None,) + tuple(image_shape), tf.float32, name=INPUT_NAME)
+            ],
+        )
+        archive.write_out(staging, verbose=False)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""XLA compilation of one hot function, on the backends that have it.
+"""XLA compilation of one hot function, and where capskeras uses it.
 
 Compiling a whole CapsNet with XLA slows its CPU convolution backprop many
 times over, while compiling the routing alone speeds it up: the compiler
@@ -6,55 +6,73 @@ fuses its element-wise work and writes the predictions in the layout the
 routing reads. `compiled` compiles just such a function and leaves the rest
 of the model to the backend's own kernels.
 
-SavedModel exports are traced inside `disabled()`: TensorFlow Serving runs
-XLA clusters only behind an experimental flag, so exported graphs hold the
-plain kernels.
+Layers choose per call whether to use it, from a serialized argument (see
+`CapsuleDense`'s `routing_jit_compile`), never from global state. Their
+`"auto"` setting compiles only inside the train, test and predict steps that
+Keras traces for `fit`, `evaluate`, `predict` and the `*_on_batch` methods
+(`in_keras_step`), so that every other trace, among them every SavedModel
+export (`capskeras.export`, `model.export()`, `tf.saved_model.save`),
+holds the plain kernels that TensorFlow Serving runs without extra flags.
 """
-
-import contextlib
-import functools
-import threading
 
 import keras
 
-_state = threading.local()
+# The functions in which Keras 3's TensorFlow trainer traces its steps
+# (keras/src/backend/tensorflow/trainer.py): `one_step_on_data` for train
+# and test steps (and jit-compiled predict steps), the others for predict
+# steps. Should a Keras release rename them, `in_keras_step` answers False
+# and the "auto" setting falls back to the plain kernels: slower, never
+# wrong; tests/test_xla.py then fails.
+# `capskeras_train_step` is the step of capskeras's own trainer loop
+# (capskeras/training/loop.py), which runs the model's `train_step` too.
+KERAS_STEP_FUNCTIONS = frozenset(
+    {"one_step_on_data", "one_step_on_data_distributed", "multi_step_on_data",
+     "multi_step_on_iterator", "capskeras_train_step"}
+)
 
 
-@contextlib.contextmanager
-def disabled():
-    """Within this context, functions from `compiled` run their fallback.
+def available():
+    """Whether `compiled` compiles on this backend (TensorFlow)."""
+    return keras.backend.backend() == "tensorflow"
 
-    It acts when a function is traced (or run eagerly), so trace the graphs
-    that must not hold XLA clusters inside it.
 
-    Example:
+def in_keras_step():
+    """Whether the caller runs while Keras traces a train, test or predict step.
 
-    ```python
-    with capskeras.xla.disabled():
-        archive.add_endpoint("serve", serve, input_signature)
-    ```
+    True while `Model.fit`, `evaluate`, `predict`, `train_on_batch`,
+    `test_on_batch` or `predict_on_batch` traces its step function on the
+    TensorFlow backend (the traced graph, or one it is nested in, is one of
+    `KERAS_STEP_FUNCTIONS`); False eagerly, in any other `tf.function`
+    (SavedModel exports among them) and on other backends.
     """
-    previous = getattr(_state, "disabled", False)
-    _state.disabled = True
-    try:
-        yield
-    finally:
-        _state.disabled = previous
+    if not available():
+        return False
+    import tensorflow as tf  # Only on the TensorFlow backend.
+
+    graph = tf.compat.v1.get_default_graph()
+    while graph is not None:
+        if getattr(graph, "name", None) in KERAS_STEP_FUNCTIONS:
+            return True
+        graph = getattr(graph, "outer_graph", None)
+    return False
 
 
-def is_enabled():
-    """Whether a function from `compiled` would run compiled here."""
-    return keras.backend.backend() == "tensorflow" and not getattr(_state, "disabled", False)
+def runs_on_cpu():
+    """Whether this process has no GPU for TensorFlow, so kernels run on its CPU."""
+    if not available():
+        return False
+    import tensorflow as tf  # Only on the TensorFlow backend.
+
+    return not tf.config.list_logical_devices("GPU")
 
 
-def compiled(function, fallback=None):
+def compiled(function):
     """Returns `function` compiled with XLA on the TensorFlow backend.
 
-    On TensorFlow the result calls a `tf.function(jit_compile=True)`: called
-    inside a traced Keras step it becomes one XLA cluster in that graph,
-    compiled once per distinct input shape (a fraction of a second), and
-    TensorFlow differentiates through it. On other backends, and inside
-    `disabled()`, it calls `fallback` instead.
+    On TensorFlow the result is a `tf.function(jit_compile=True)`: called
+    inside a traced step it becomes one XLA cluster in that graph, compiled
+    once per distinct input shape (a fraction of a second), and TensorFlow
+    differentiates through it. On other backends it is `function` itself.
 
     Python arguments (ints, bools) are static: each distinct value gets its
     own trace.
@@ -63,9 +81,6 @@ def compiled(function, fallback=None):
         function: a pure function of tensors written with `keras.ops`, its
             Python control flow depending on Python values only (AutoGraph
             is off).
-        fallback: a function with the same signature and results, for when
-            XLA is not used; one whose formulation suits the backend's own
-            kernels. Defaults to `function`.
 
     Returns:
         A function with the same signature and results.
@@ -73,22 +88,12 @@ def compiled(function, fallback=None):
     Example:
 
     ```python
-    route = compiled(fused_routing, fallback=routing)
-    outputs = route(capsules, kernel, 3)
+    fused_routing = compiled(route_by_agreement)
+    outputs = fused_routing(capsules, kernel, 3)
     ```
     """
-    fallback = function if fallback is None else fallback
-    compiled_function = None
+    if not available():
+        return function
+    import tensorflow as tf  # Only on the TensorFlow backend.
 
-    @functools.wraps(function)
-    def call(*args, **kwargs):
-        nonlocal compiled_function
-        if not is_enabled():
-            return fallback(*args, **kwargs)
-        if compiled_function is None:
-            import tensorflow as tf  # Only on the TensorFlow backend.
-
-            compiled_function = tf.function(function, jit_compile=True, autograph=False)
-        return compiled_function(*args, **kwargs)
-
-    return call
+    return tf.function(function, jit_compile=True, autograph=False)

@@ -1,12 +1,9 @@
 """CapsNet and the convolutional baselines it is compared with."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 
 from capskeras import export
 from capskeras.data import load_mnist
@@ -14,6 +11,7 @@ from capskeras.models import CapsNet
 from capskeras.tasks import build_model
 from capskeras.models import build_study_model
 from capskeras.testing import assert_keras_round_trip
+from capskeras.testing import saved_model_xla_functions
 
 
 @pytest.fixture(scope="module")
@@ -113,24 +111,34 @@ def test_capsnet_round_trips_through_keras_and_serves(digits, tmp_path):
         np.testing.assert_allclose(served[name].numpy(), np.asarray(value), atol=1e-5)
 
 
-def _xla_compiled_functions(function_defs):
-    return [f.signature.name for f in function_defs
+def _xla_compiled_functions(concrete_functions):
+    return [f.signature.name for concrete in concrete_functions
+            for f in concrete.graph.as_graph_def().library.function
             if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
 
 
-def test_routing_runs_under_xla_in_keras_but_exports_plain(tmp_path):
-    # TensorFlow Serving runs XLA clusters only behind an experimental flag.
+def test_routing_runs_under_xla_in_keras_steps_and_every_export_is_plain(digits, tmp_path):
+    # TensorFlow Serving runs XLA clusters only behind an experimental flag:
+    # no SavedModel written from a capskeras model may hold one, whichever
+    # way it is written.
     model = build_model("capsnet")
-    spec = tf.TensorSpec((None, 28, 28, 1), tf.float32)
-    traced = tf.function(model.serving_outputs).get_concrete_function(spec)
-    assert _xla_compiled_functions(traced.graph.as_graph_def().library.function)
+    model.compile("adam", model.default_loss())
+    model.predict_on_batch(digits[0][:2])
+    predict = model.predict_function._list_all_concrete_functions()
+    assert _xla_compiled_functions(predict)
 
-    path = export.export_saved_model(model, str(tmp_path), (28, 28, 1))
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
-    library = saved.meta_graphs[0].graph_def.library.function
-    assert library and not _xla_compiled_functions(library)
+    spec = tf.TensorSpec((None, 28, 28, 1), tf.float32)
+    paths = [export.export_saved_model(model, str(tmp_path / "capskeras"), (28, 28, 1))]
+    model.export(str(tmp_path / "keras_export"), verbose=False)
+    tf.saved_model.save(model, str(tmp_path / "tf_saved_model"), signatures=tf.function(
+        model.serving_outputs).get_concrete_function(spec))
+    paths += [str(tmp_path / "keras_export"), str(tmp_path / "tf_saved_model")]
+    for path in paths:
+        assert saved_model_xla_functions(path) == [], path
+    reloaded = tf.saved_model.load(paths[1])  # Model.export()'s, served without XLA.
+    served = reloaded.serve(tf.constant(digits[0][:2]))
+    np.testing.assert_allclose(served["lengths"].numpy(),
+                               model(digits[0][:2])["lengths"].numpy(), atol=1e-5)
 
 
 def test_digit_capsules_serve_as_a_study_encoder(digits):

@@ -1,15 +1,12 @@
 """Tests for the capsule layers: PrimaryCapsules, CapsuleDense, CapsuleLength,
 CapsuleMask."""
 
-import contextlib
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
 
-import capskeras.xla
 from capskeras.layers.capsule_dense import CapsuleDense
 from capskeras.layers.capsule_length import CapsuleLength
 from capskeras.layers.capsule_mask import CapsuleMask
@@ -112,10 +109,10 @@ def test_primary_capsules_validation():
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("iterations", [1, 2, 3])
 def test_capsule_dense_matches_reference_routing(iterations, training, xla):
-    layer = CapsuleDense(NUM_CLASSES, 5, routing_iterations=iterations)
+    layer = CapsuleDense(NUM_CLASSES, 5, routing_iterations=iterations,
+                         routing_jit_compile=xla)
     x = 0.5 * _random_capsules((2, 6, 4))
-    with contextlib.nullcontext() if xla else capskeras.xla.disabled():
-        out, couplings = layer(x, training=training, return_couplings=True)
+    out, couplings = layer(x, training=training, return_couplings=True)
     kernel = ops.convert_to_numpy(layer.kernel)
     assert kernel.shape == (6, NUM_CLASSES, 4, 5)
     expected_v, expected_c = _np_routing(x.astype("float64"), kernel.astype("float64"), iterations)
@@ -161,12 +158,16 @@ def test_gradient_flows_through_routing_iterations():
 
 
 def test_xla_and_plain_routing_give_the_same_gradients():
-    layer = CapsuleDense(NUM_CLASSES, 5, routing_iterations=3)
     x = tf.constant(_random_capsules((3, 6, 4)))
     probe = tf.constant(_random_capsules((3, NUM_CLASSES, 5), seed=1))
+    plain = CapsuleDense(NUM_CLASSES, 5, routing_iterations=3, routing_jit_compile=False)
+    plain.build(x.shape)
+    compiled = CapsuleDense(NUM_CLASSES, 5, routing_iterations=3, routing_jit_compile=True)
+    compiled.build(x.shape)
+    compiled.set_weights(plain.get_weights())
     results = []
-    for context in (capskeras.xla.disabled(), contextlib.nullcontext()):
-        with context, tf.GradientTape() as tape:
+    for layer in (plain, compiled):
+        with tf.GradientTape() as tape:
             tape.watch(x)
             out = layer(x, training=True)
             total = tf.reduce_sum(out * probe)
@@ -295,6 +296,7 @@ def test_capsule_mask_bad_labels():
     [
         PrimaryCapsules(capsule_types=2, capsule_dim=4, kernel_size=(3, 2), strides=2, padding="same"),
         CapsuleDense(3, 5, routing_iterations=2, kernel_initializer="random_normal"),
+        CapsuleDense(3, 5, routing_jit_compile=False),
         CapsuleLength(epsilon=1e-6),
         CapsuleMask(),
     ],
@@ -304,6 +306,36 @@ def test_config_round_trip(layer):
     restored = keras.layers.deserialize(keras.layers.serialize(layer))
     assert type(restored) is type(layer)
     assert restored.get_config() == layer.get_config()
+
+
+def test_capsule_dense_config_from_before_routing_jit_compile_loads_as_auto():
+    """`.keras` files written before the argument existed load with its default."""
+    config = CapsuleDense(3, 5).get_config()
+    assert config.pop("routing_jit_compile") == "auto"
+    assert CapsuleDense.from_config(config).routing_jit_compile == "auto"
+
+
+@pytest.mark.parametrize("value", ["xla", None, 1, "true"])
+def test_capsule_dense_rejects_other_routing_jit_compile(value):
+    with pytest.raises(ValueError, match=rf"Received: routing_jit_compile={value!r}; expected"):
+        CapsuleDense(3, 5, routing_jit_compile=value)
+
+
+def test_compiled_inference_on_one_image_and_on_batches_of_unknown_size():
+    """A batch of one routes whole; a traced unknown batch size picks at run time."""
+    layer = CapsuleDense(NUM_CLASSES, 5, routing_iterations=3, routing_jit_compile=True)
+    x = 0.5 * _random_capsules((3, 6, 4))
+    layer.build(x.shape)
+    kernel = ops.convert_to_numpy(layer.kernel).astype("float64")
+    dynamic = tf.function(lambda capsules: layer(capsules, return_couplings=True),
+                          input_signature=[tf.TensorSpec((None, 6, 4), tf.float32)])
+    for batch in (x[:1], x):
+        expected_v, expected_c = _np_routing(batch.astype("float64"), kernel, 3)
+        for out, couplings in (layer(batch, return_couplings=True), dynamic(batch)):
+            np.testing.assert_allclose(ops.convert_to_numpy(out), expected_v, rtol=1e-4,
+                                       atol=1e-6)
+            np.testing.assert_allclose(ops.convert_to_numpy(couplings), expected_c,
+                                       rtol=1e-4, atol=1e-6)
 
 
 def test_keras_save_load_round_trip(tmp_path):

@@ -1,7 +1,7 @@
-"""capskeras.xla: one function compiled with XLA, and the switch exports use."""
+"""capskeras.xla: one function compiled with XLA, and where "auto" compiles it."""
 
+import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from capskeras import xla
@@ -24,23 +24,41 @@ def test_compiled_function_runs_as_an_xla_cluster_and_gives_the_same_values():
     assert _graph_holds_xla_cluster(lambda x: compiled(x, 2.0), spec)
 
 
-def test_disabled_runs_the_fallback_and_restores_the_state():
-    calls = []
+class _Probe(keras.layers.Layer):
+    """Records `xla.in_keras_step()` at every call."""
 
-    def fallback(x):
-        calls.append("fallback")
-        return x + 1.0
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
 
-    compiled = xla.compiled(lambda x: x + 1.0, fallback=fallback)
-    spec = tf.TensorSpec((None,), tf.float32)
-    assert xla.is_enabled()
-    with pytest.raises(RuntimeError):
-        with xla.disabled():
-            with xla.disabled():
-                assert not xla.is_enabled()
-                assert not _graph_holds_xla_cluster(compiled, spec)
-            assert not xla.is_enabled()  # The outer context still holds.
-            raise RuntimeError("leaves the context")
-    assert xla.is_enabled()
-    assert calls == ["fallback"]
-    assert _graph_holds_xla_cluster(compiled, spec)
+    def call(self, inputs):
+        self.seen.append(xla.in_keras_step())
+        return inputs * 2.0
+
+
+def test_in_keras_step_is_true_in_keras_steps_only(tmp_path):
+    """Keras's fit/evaluate/predict steps say yes; eager calls, other traces and exports no.
+
+    Fails if a Keras release renames the functions it traces its steps in
+    (`xla.KERAS_STEP_FUNCTIONS`): "auto" would then lose its speed.
+    """
+    probe = _Probe()
+    model = keras.Sequential([keras.Input((3,)), probe, keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((4, 3), "float32"), np.ones((4, 2), "float32")
+    for run in (lambda: model.fit(x, y, epochs=1, verbose=0),
+                lambda: model.evaluate(x, y, verbose=0),
+                lambda: model.predict(x, verbose=0),
+                lambda: model.train_on_batch(x, y),
+                lambda: model.predict_on_batch(x)):
+        probe.seen.clear()
+        run()
+        assert probe.seen and all(probe.seen), probe.seen
+    for run in (lambda: model(x),
+                lambda: tf.function(lambda images: model(images))(x),
+                lambda: model.export(str(tmp_path / "export"), verbose=False),
+                lambda: tf.saved_model.save(model, str(tmp_path / "saved"))):
+        probe.seen.clear()
+        run()
+        assert probe.seen and not any(probe.seen), probe.seen
+

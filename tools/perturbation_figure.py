@@ -18,19 +18,24 @@ reads the model and the digits and writes the figure (by default
 `<model_dir>/perturbations.png`). It prints the PNG's path.
 """
 
-import os
-import sys
+# oneDNN on (unless TF_ENABLE_ONEDNN_OPTS is set) before anything imports TensorFlow.
+from capskeras import onednn
 
-from absl import app
-from absl import flags
-import keras
-import numpy as np
+onednn.enable()
 
-from capskeras.data import mnist
-from capskeras.evaluation import perturbation
-from capskeras.evaluation import plots
-from capskeras.models import registry
-from capskeras.models.capsnet import CapsNet
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from capskeras.data import mnist  # noqa: E402
+from capskeras.evaluation import perturbation  # noqa: E402
+from capskeras.evaluation import plots  # noqa: E402
+from capskeras.models import registry  # noqa: E402
+from capskeras.models.capsnet import CapsNet  # noqa: E402
 
 FLAGS = flags.FLAGS
 OUTPUT_FILE = "perturbations.png"

@@ -19,18 +19,23 @@ every flagfile. The table goes to stdout (and `--output`); training logs go
 to stderr.
 """
 
-import contextlib
-import json
-import os
-import pathlib
-import sys
+# oneDNN on (unless TF_ENABLE_ONEDNN_OPTS is set) before anything imports TensorFlow.
+from capskeras import onednn
 
-from absl import app
-from absl import flags
+onednn.enable()
 
-from capskeras.training.config import TrainConfig
-from capskeras.training.flags import config_from_flagfile
-from capskeras.training.flags import define_flags as define_trainer_flags
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from capskeras.training.config import TrainConfig  # noqa: E402
+from capskeras.training.flags import config_from_flagfile  # noqa: E402
+from capskeras.training.flags import define_flags as define_trainer_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 

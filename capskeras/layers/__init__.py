@@ -1,8 +1,13 @@
 """Public Keras layers, one per module."""
 
+from capskeras import onednn
 from capskeras.layers.capsule_dense import CapsuleDense
 from capskeras.layers.capsule_length import CapsuleLength
 from capskeras.layers.capsule_mask import CapsuleMask
 from capskeras.layers.k_sparse import KSparse
 from capskeras.layers.primary_capsules import PrimaryCapsules
 from capskeras.layers.stop_gradient import StopGradient
+
+# Every capskeras model imports these layers, and by now Keras has started
+# TensorFlow: say once if it runs without oneDNN where that costs speed.
+onednn.warn_if_off()

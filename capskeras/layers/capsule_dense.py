@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 from capskeras import ops as capsule_ops
+from capskeras import xla
 from capskeras.checks import check_positive_int
-from capskeras.xla import compiled
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -28,10 +28,10 @@ class CapsuleDense(keras.layers.Layer):
     are computed in `float32` even under mixed precision, and the output is
     cast back to the compute dtype.
 
-    On the TensorFlow backend the routing runs as one XLA cluster
+    On the TensorFlow backend the routing can run as one XLA cluster
     (`capskeras.xla.compiled`), compiled once per batch size, while the rest
-    of the model keeps TensorFlow's kernels; SavedModel exports hold the
-    plain kernels. The results are the same up to float rounding.
+    of the model keeps TensorFlow's kernels: `routing_jit_compile` chooses
+    where. The results are the same up to float rounding.
 
     Args:
         num_capsules: Positive int, number of output capsules.
@@ -45,12 +45,27 @@ class CapsuleDense(keras.layers.Layer):
             stalls the first epochs of CapsNet training.
         kernel_regularizer: Optional regularizer for `W`.
         kernel_constraint: Optional constraint for `W`.
+        routing_jit_compile: `"auto"`, `True` or `False`: where the routing
+            runs as an XLA cluster on the TensorFlow backend (elsewhere it
+            never does). `"auto"` (the default) compiles it inside the train,
+            test and predict steps Keras traces for `fit`, `evaluate`,
+            `predict` and the `*_on_batch` methods, where it is fastest, and
+            uses the plain kernels everywhere else: eagerly, in your own
+            `tf.function`s and in every SavedModel export
+            (`capskeras.export`, `model.export()`, `tf.saved_model.save`),
+            which TensorFlow Serving then runs without extra flags. `True`
+            compiles it in every trace, for custom training loops (its
+            SavedModels then need an XLA-enabled server); `False` never
+            does. Keras's own `compile(jit_compile=True)` compiles the whole
+            step, routing included, whatever this says.
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: Input capsules, a 3D tensor.
         training: Python bool. Training computes the predictions with a
-            matmul, whose gradient is cheap; inference with a fused loop.
+            matmul, whose gradient is cheap; compiled inference with a fused
+            loop, and on CPU routes the two halves of a batch of two or more
+            as independent XLA clusters, which TensorFlow runs side by side.
         return_couplings: Python bool. If `True`, also return the coupling
             coefficients `c` used in the last routing iteration, in `float32`.
             Defaults to `False`.
@@ -89,12 +104,19 @@ class CapsuleDense(keras.layers.Layer):
         kernel_initializer="random_normal",
         kernel_regularizer=None,
         kernel_constraint=None,
+        routing_jit_compile="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_positive_int("num_capsules", num_capsules)
         check_positive_int("capsule_dim", capsule_dim)
         check_positive_int("routing_iterations", routing_iterations)
+        if not (isinstance(routing_jit_compile, bool) or routing_jit_compile == "auto"):
+            raise ValueError(
+                f"Received: routing_jit_compile={routing_jit_compile!r}; "
+                "expected 'auto', True or False"
+            )
+        self.routing_jit_compile = routing_jit_compile
         self.num_capsules = num_capsules
         self.capsule_dim = capsule_dim
         self.routing_iterations = routing_iterations
@@ -126,28 +148,28 @@ class CapsuleDense(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_couplings=False):
         kernel = self.kernel.value  # In the compute dtype (autocast).
-        if training:
-            outputs, couplings = _training_routing(
+        if not self._compiles_routing():
+            outputs, couplings = route_by_agreement(
+                inputs, kernel, self.routing_iterations, return_couplings
+            )
+        elif training:
+            outputs, couplings = _compiled_training_routing(
                 inputs, kernel, self.routing_iterations, return_couplings
             )
         else:
-            # XLA runs a cluster's fused loops on one CPU thread; the two
-            # batch halves are independent clusters that TensorFlow runs side
-            # by side (22.3 ms against 26.8 for CapsNet's routing at batch
-            # 100 on 2 cores).
-            half = ops.shape(inputs)[0] // 2
-            halves = [
-                _inference_routing(part, kernel, self.routing_iterations, return_couplings)
-                for part in (inputs[:half], inputs[half:])
-            ]
-            outputs = ops.concatenate([part_outputs for part_outputs, _ in halves], axis=0)
-            couplings = None
-            if return_couplings:
-                couplings = ops.concatenate([part_couplings for _, part_couplings in halves], axis=0)
+            outputs, couplings = _compiled_inference_routing(
+                inputs, kernel, self.routing_iterations, return_couplings
+            )
         outputs = ops.cast(outputs, self.compute_dtype)
         if not return_couplings:
             return outputs
         return outputs, couplings
+
+    def _compiles_routing(self):
+        """Whether this call runs the routing as an XLA cluster."""
+        if self.routing_jit_compile == "auto":
+            return xla.in_keras_step()
+        return bool(self.routing_jit_compile) and xla.available()
 
     def compute_output_shape(self, input_shape):
         self._check_input_shape(input_shape)
@@ -180,6 +202,7 @@ class CapsuleDense(keras.layers.Layer):
                 "kernel_constraint": keras.constraints.serialize(
                     self.kernel_constraint
                 ),
+                "routing_jit_compile": self.routing_jit_compile,
             }
         )
         return config
@@ -298,7 +321,39 @@ def _route_with_fused_predictions(inputs, kernel, routing_iterations, return_cou
 
 
 # Training differentiates the routing, so its predictions come from the
-# matmul; inference writes them with the fused loop. Both run as XLA
-# clusters on TensorFlow and fall back to the matmul formulation elsewhere.
-_training_routing = compiled(route_by_agreement)
-_inference_routing = compiled(_route_with_fused_predictions, fallback=route_by_agreement)
+# matmul; inference writes them with the fused loop.
+_compiled_training_routing = xla.compiled(route_by_agreement)
+_compiled_fused_routing = xla.compiled(_route_with_fused_predictions)
+
+
+def _compiled_inference_routing(inputs, kernel, routing_iterations, return_couplings):
+    """Compiled inference routing; on CPU, the batch halves as two clusters.
+
+    XLA runs a cluster's fused loops on one CPU thread; two independent
+    clusters, one per half batch, run side by side (22.3 ms against 26.8
+    for CapsNet's routing at batch 100 on 2 AMD EPYC cores). Not on a GPU,
+    where they would be two launches, and never on a batch of one.
+    """
+    if not xla.runs_on_cpu():
+        return _compiled_fused_routing(inputs, kernel, routing_iterations, return_couplings)
+    batch = inputs.shape[0]
+
+    def whole():
+        return _compiled_fused_routing(inputs, kernel, routing_iterations, return_couplings)
+
+    def halves():
+        half = ops.shape(inputs)[0] // 2
+        parts = [
+            _compiled_fused_routing(part, kernel, routing_iterations, return_couplings)
+            for part in (inputs[:half], inputs[half:])
+        ]
+        outputs = ops.concatenate([part_outputs for part_outputs, _ in parts], axis=0)
+        if not return_couplings:
+            return outputs, None
+        return outputs, ops.concatenate([part_couplings for _, part_couplings in parts], axis=0)
+
+    if batch is not None:
+        return halves() if batch >= 2 else whole()
+    if not return_couplings:
+        return ops.cond(ops.shape(inputs)[0] >= 2, lambda: halves()[0], lambda: whole()[0]), None
+    return ops.cond(ops.shape(inputs)[0] >= 2, halves, whole)

@@ -48,6 +48,24 @@ def assert_saved_model_round_trip(model, inputs, atol=1e-5):
     np.testing.assert_allclose(actual, expected, atol=atol)
 
 
+def saved_model_xla_functions(path):
+    """Names of the functions in the SavedModel at `path` compiled by XLA.
+
+    Those carrying `_XlaMustCompile`, which TensorFlow Serving runs only
+    behind an experimental flag: a servable export has none.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    library = [f for graph in saved.meta_graphs for f in graph.graph_def.library.function]
+    if not library:
+        raise AssertionError(f"{path}/saved_model.pb holds no functions")
+    return sorted(f.signature.name for f in library
+                  if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b)
+
+
 def assert_weights_unchanged_by_fit(model, variables, x, y, epochs=2):
     """Fits `model` on `(x, y)` and asserts `variables` kept their values.
 

@@ -180,7 +180,7 @@ def _train_function(model, strategy, jit_compile, worker_id):
     first_local = worker_id * local_replicas
 
     @tf.function
-    def train_step(iterator):
+    def capskeras_train_step(iterator):  # The name capskeras.xla knows.
         batch = next(iterator)
         if replicas == 1:
             strategy.run(replica_step, args=(batch,))
@@ -194,7 +194,7 @@ def _train_function(model, strategy, jit_compile, worker_id):
         per_replica = strategy.experimental_distribute_values_from_function(replica_rows)
         strategy.run(replica_step, args=(per_replica,))
 
-    return train_step
+    return capskeras_train_step
 
 
 def _results(model):

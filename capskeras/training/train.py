@@ -264,6 +264,7 @@ def _compile(model, config, steps_per_epoch):
         optimizer=_optimizer(config, steps_per_epoch),
         loss=model.default_loss(),
         metrics=model.default_metrics(),
+        jit_compile=config.jit_compile,
     )
     return model
 
