@@ -152,6 +152,15 @@ def test_resume_under_changed_settings_needs_the_flag(tmp_path):
     assert resume["changed"] == {"batch_size": [64, 32]}
 
 
+def test_epoch_checkpoints_of_the_earlier_trainer_are_refused_not_restarted(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "latest.json").write_text('{"epoch": 3}')
+    with pytest.raises(ConfigurationError, match="epoch checkpoints of an earlier capskeras"):
+        train(tiny_config(tmp_path))
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["checkpoints"]
+
+
 def test_raising_pretraining_epochs_after_it_finished_is_refused(tmp_path):
     train(tiny_config(tmp_path, encoder="ksparse", head="class", pretrain_epochs=1))
     with pytest.raises(ConfigurationError, match="finished that stage after 1 epochs"):

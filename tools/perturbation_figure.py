@@ -31,10 +31,10 @@ from absl import flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from capskeras import tasks  # noqa: E402
 from capskeras.data import mnist  # noqa: E402
 from capskeras.evaluation import perturbation  # noqa: E402
 from capskeras.evaluation import plots  # noqa: E402
-from capskeras.models import registry  # noqa: E402
 from capskeras.models.capsnet import CapsNet  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -68,7 +68,7 @@ def load_capsnet(model_dir, untrained=False, seed=0):
         )
     if untrained:
         keras.utils.set_random_seed(seed)
-        return registry.build_model("capsnet", seed=seed)
+        return tasks.build_model("capsnet")
     path = os.path.join(model_dir, "model.keras")
     if not os.path.isfile(path):
         raise ValueError(

@@ -102,6 +102,17 @@ def changed_settings(config):
     return changes
 
 
+def check_checkpoint_format(model_dir):
+    """Refuses a model_dir holding epoch checkpoints of capskeras before tasks."""
+    for directory in (model_dir, os.path.join(model_dir, "pretrain")):
+        if os.path.exists(os.path.join(directory, CHECKPOINTS, "latest.json")):
+            raise IncompatibleRunError(
+                f"Received: model_dir={model_dir!r} holding epoch checkpoints of an earlier "
+                "capskeras (checkpoints/latest.json), which this trainer cannot resume; "
+                "expected a new --model_dir (the run's model.keras still loads)"
+            )
+
+
 def check_stages(config, stages):
     """Refuses to change a pretraining stage that the run has already finished.
 

@@ -79,6 +79,7 @@ def preflight(config):
         run_dir.check_writable("model_dir", config.model_dir)
         if config.export_dir:
             run_dir.check_writable("export_dir", config.export_dir)
+        run_dir.check_checkpoint_format(config.model_dir)
         changes = run_dir.changed_settings(config)
         run_dir.check_stages(config, task.pretraining())
         task.check_data(_input_options(config, "train"))
