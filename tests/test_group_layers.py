@@ -171,5 +171,7 @@ def test_bad_arguments_name_the_value():
         GroupPooling("p4", "sum")
     with pytest.raises(ValueError, match="divisible by 4"):
         GroupConv2D(4, 3, lifting=False)(np.zeros((1, 5, 5, 6), "float32"))
+    with pytest.raises(ValueError, match="size 2 on spatial axis 0; expected at least kernel_size=3"):
+        GroupConv2D(4, 3)(np.zeros((1, 2, 2, 1), "float32"))
     with pytest.raises(ValueError, match="divisible by 8"):
         GroupPooling("p4m")(np.zeros((1, 5, 5, 4), "float32"))

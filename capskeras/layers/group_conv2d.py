@@ -151,6 +151,11 @@ class GroupConv2D(keras.layers.Layer):
 
     def _check_geometry(self, sizes):
         for axis, size in enumerate(sizes):
+            if self.padding == "valid" and size is not None and size < self.kernel_size[axis]:
+                raise ValueError(
+                    f"Received: inputs of size {size} on spatial axis {axis}; expected at "
+                    f"least kernel_size={self.kernel_size[axis]} with 'valid' padding"
+                )
             symmetric = group_algebra.sampling_is_symmetric(
                 size, self.kernel_size[axis], self.strides[axis], self.padding
             )
