@@ -175,3 +175,13 @@ def test_bad_arguments_name_the_value():
         GroupConv2D(4, 3)(np.zeros((1, 2, 2, 1), "float32"))
     with pytest.raises(ValueError, match="divisible by 8"):
         GroupPooling("p4m")(np.zeros((1, 5, 5, 4), "float32"))
+
+
+def test_frozen_group_batch_norm_runs_in_inference_mode():
+    layer = GroupBatchNormalization("p4")
+    x = _images(channels=8)
+    layer.trainable = False
+    y = layer(x, training=True)
+    # The initial moving statistics (mean 0, variance 1) normalize, and stay.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(y), x / np.sqrt(1 + 1e-3), rtol=1e-5)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_mean), 0.0)

@@ -19,7 +19,8 @@ class GroupBatchNormalization(keras.layers.Layer):
 
     In training the batch statistics normalize and update the moving ones
     (`moving = momentum * moving + (1 - momentum) * batch`); in inference
-    the moving statistics normalize. Statistics are computed in float32
+    the moving statistics normalize, as they do whenever the layer is frozen
+    (`trainable=False`), like `BatchNormalization`. Statistics are computed in float32
     under mixed precision. `to_batch_normalization()` folds the layer into
     an ordinary `BatchNormalization` over `C * G` channels with each
     channel's statistics repeated, for serving.
@@ -126,6 +127,8 @@ class GroupBatchNormalization(keras.layers.Layer):
         )
 
     def call(self, inputs, training=False):
+        # As keras.layers.BatchNormalization: a frozen layer runs in inference mode.
+        training = bool(training) and self.trainable
         shape = ops.shape(inputs)
         grouped = ops.reshape(
             ops.cast(inputs, "float32"),

@@ -50,6 +50,11 @@ def _initializer(seed, index):
     return keras.initializers.GlorotUniform(seed=None if seed is None else seed + index)
 
 
+def _dropout(rate, seed, index):
+    return keras.layers.Dropout(rate, seed=None if seed is None else seed + 1000 + index,
+                                name=f"dropout_{index + 1}")
+
+
 def _check_dropout(dropout):
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"Received: dropout={dropout!r}; expected a float in [0, 1)")
@@ -83,7 +88,7 @@ def gcnn_features(image_shape=(28, 28, 1), group="p4", channels=None, dropout=0.
         stack += [GroupBatchNormalization(group, name=f"gbn_{index + 1}"),
                   keras.layers.ReLU(name=f"relu_{index + 1}")]
         if dropout:
-            stack.append(keras.layers.Dropout(dropout, seed=seed, name=f"dropout_{index + 1}"))
+            stack.append(_dropout(dropout, seed, index))
         if index == 1:
             stack.append(keras.layers.MaxPooling2D(2, name="pool"))
     stack += [GroupPooling(group, "max", name="group_pool"),
@@ -108,7 +113,7 @@ def z2cnn_features(image_shape=(28, 28, 1), channels=Z2CNN_CHANNELS, dropout=Z2C
         stack += [keras.layers.BatchNormalization(name=f"bn_{index + 1}"),
                   keras.layers.ReLU(name=f"relu_{index + 1}")]
         if dropout:
-            stack.append(keras.layers.Dropout(dropout, seed=seed, name=f"dropout_{index + 1}"))
+            stack.append(_dropout(dropout, seed, index))
         if index == 1:
             stack.append(keras.layers.MaxPooling2D(2, name="pool"))
     stack.append(keras.layers.GlobalMaxPooling2D(name="spatial_pool"))
