@@ -36,6 +36,22 @@ def check_group(group):
     return GROUP_ORDERS[group]
 
 
+def check_group_channels(input_shape, group):
+    """The channels `C` of group feature maps of `input_shape` (`C * G` on the last axis).
+
+    Raises a ValueError naming the shape unless the last axis is known and
+    divisible by the group's order.
+    """
+    order = check_group(group)
+    channels = input_shape[-1]
+    if channels is None or channels % order:
+        raise ValueError(
+            f"Received: input_shape={input_shape} for group={group!r}; expected "
+            f"a known channel axis divisible by {order}"
+        )
+    return channels // order
+
+
 def multiply(a, b):
     """The index of the product `a b` of the elements indexed `a` and `b`."""
     s, k = divmod(a, 4)

@@ -96,13 +96,7 @@ class GroupBatchNormalization(keras.layers.Layer):
         self.supports_masking = False
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None or channels % self.group_order:
-            raise ValueError(
-                f"Received: input_shape={input_shape} for group={self.group!r}; expected "
-                f"a known channel axis divisible by {self.group_order}"
-            )
-        self.channels = channels // self.group_order
+        self.channels = group_algebra.check_group_channels(input_shape, self.group)
         self._input_rank = len(input_shape)
         shape = (self.channels,)
         self.gamma = None

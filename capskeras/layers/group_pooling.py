@@ -53,12 +53,7 @@ class GroupPooling(keras.layers.Layer):
         self.mode = mode
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None or channels % self.group_order:
-            raise ValueError(
-                f"Received: input_shape={input_shape} for group={self.group!r}; expected "
-                f"a known channel axis divisible by {self.group_order}"
-            )
+        group_algebra.check_group_channels(input_shape, self.group)
 
     def call(self, inputs):
         shape = ops.shape(inputs)
