@@ -3,13 +3,19 @@
 A stand-in until the trainer's tasks take these models (flagfiles
 `flags/p4cnn_rotated_mnist.cfg`, `flags/z2cnn_rotated_mnist.cfg`):
 
-    python tools/train_rotated_mnist.py --model=p4cnn --epochs=5 --output=runs/p4cnn_rot.json
-    python tools/train_rotated_mnist.py --model=z2cnn --epochs=5 --output=runs/z2cnn_rot.json
+    python tools/train_rotated_mnist.py --model=p4cnn --epochs=5 --output=runs/p4cnn_rot.json \
+        --save_dir=runs/p4cnn_rot
+    python tools/train_rotated_mnist.py --model=z2cnn --epochs=5 --output=runs/z2cnn_rot.json \
+        --save_dir=runs/z2cnn_rot
+    capskeras-eval --models=runs/p4cnn_rot,runs/z2cnn_rot --output_dir=runs/rotation_sweep
 
 Data: `rotated_mnist_regen` (regenerated from real MNIST, 12,000 training and
 50,000 test digits) unless `--dataset=rotated_mnist`. Adam, softmax
 cross-entropy, the whole training split every epoch; the JSON holds the
-settings, the per-epoch history and seconds, and the test error.
+settings, the per-epoch history and seconds, and the test error. With
+`--save_dir` the trained model is saved there as `model.keras` (what
+`capskeras-eval` reads) and exported for serving, group convolutions
+folded into plain ones, as `saved_model/<version>/`.
 """
 
 import argparse
@@ -20,9 +26,11 @@ import time
 
 import keras
 
+from capskeras import export
 from capskeras.data import load_rotated_mnist
 from capskeras.models import build_p4cnn
 from capskeras.models import build_z2cnn
+from capskeras.models import fold_for_serving
 
 BUILDERS = {"p4cnn": build_p4cnn, "p4mcnn": lambda **kw: build_p4cnn(group="p4m", **kw),
             "z2cnn": build_z2cnn}
@@ -51,7 +59,9 @@ def main():
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", required=True, help="the JSON report")
+    parser.add_argument("--save_dir", default=None,
+                        help="save model.keras and a folded SavedModel export here")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(args.seed)
@@ -95,6 +105,11 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(report, handle, indent=2)
+    if args.save_dir:
+        os.makedirs(args.save_dir, exist_ok=True)
+        model.save(os.path.join(args.save_dir, "model.keras"))
+        export.export_saved_model(fold_for_serving(model),
+                                  os.path.join(args.save_dir, "saved_model"), (28, 28, 1))
     print(json.dumps({k: report[k] for k in ("model", "epochs", "test_error_percent")}))
 
 
