@@ -185,3 +185,17 @@ def test_frozen_group_batch_norm_runs_in_inference_mode():
     # The initial moving statistics (mean 0, variance 1) normalize, and stay.
     np.testing.assert_allclose(keras.ops.convert_to_numpy(y), x / np.sqrt(1 + 1e-3), rtol=1e-5)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_mean), 0.0)
+
+
+def test_traces_under_jit_compile():
+    import tensorflow as tf
+
+    model = _group_model("p4m")
+    x = _images(size=10)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+
+    @tf.function(jit_compile=True)
+    def infer(images):
+        return model(images, training=False)
+
+    np.testing.assert_allclose(infer(x).numpy(), expected, atol=1e-5)
