@@ -2,6 +2,8 @@
 
 from capskeras.models.autoencoder import Autoencoder
 from capskeras.models.capsnet import CapsNet
+from capskeras.models.contract import ServableModel
+from capskeras.models.contract import check_servable
 from capskeras.models.gcnn import build_p4cnn
 from capskeras.models.gcnn import build_z2cnn
 from capskeras.models.gcnn import fold_for_serving
@@ -9,9 +11,6 @@ from capskeras.models.heads import ClassificationHead
 from capskeras.models.heads import ReconstructionHead
 from capskeras.models.registry import ENCODERS
 from capskeras.models.registry import HEADS
-from capskeras.models.registry import MODELS
-from capskeras.models.registry import build_model
 from capskeras.models.registry import build_study_model
 from capskeras.models.registry import register_encoder
-from capskeras.models.registry import register_model
 from capskeras.models.study import StudyModel
