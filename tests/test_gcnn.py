@@ -108,23 +108,29 @@ def _op_types(saved_model_dir):
     return ops
 
 
-def test_folded_export_holds_plain_convolutions(p4cnn, tmp_path):
+def test_export_holds_plain_convolutions(p4cnn, tmp_path):
     folded = fold_for_serving(p4cnn)
     kinds = {type(layer).__name__ for layer in folded.encoder.layers}
     assert "GroupConv2D" not in kinds and "GroupBatchNormalization" not in kinds
     expected = p4cnn.serving_outputs(IMAGES)
-    path = export.export_saved_model(folded, str(tmp_path / "p4cnn"), (28, 28, 1))
+    np.testing.assert_allclose(folded.serving_outputs(IMAGES)["probabilities"],
+                               expected["probabilities"], atol=1e-6)
+    # export_saved_model exports serving_model(), the folded copy, by itself.
+    path = export.export_saved_model(p4cnn, str(tmp_path / "p4cnn"), (28, 28, 1))
     served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(IMAGES))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected["probabilities"],
                                atol=1e-5)
     np.testing.assert_array_equal(served["class_ids"].numpy(), expected["class_ids"])
     ops = _op_types(path)
     assert "Conv2D" in ops
-    # The unfolded export gathers its filter banks into kernels; the folded one does not.
+    # The group layers gather their filter banks into kernels; the export does not.
     assert "GatherV2" not in ops
     unfolded = tf.function(lambda images: p4cnn(images, training=False)).get_concrete_function(
         tf.TensorSpec((None, 28, 28, 1), tf.float32))
     assert "GatherV2" in {op.type for op in unfolded.graph.get_operations()}
+    # Models without group layers export themselves.
+    z2cnn = build_z2cnn(seed=0)
+    assert z2cnn.serving_model() is z2cnn
 
 
 def test_mixed_float16_serves_float32():

@@ -16,14 +16,14 @@ vector (1x1 on 28x28 digits). Every layer of P4CNN samples symmetrically
 on 28x28 inputs, so its class scores are exactly invariant to quarter
 turns of the input.
 
-Serving: `fold_for_serving(model)` returns the same model with every
-`GroupConv2D` folded into a plain `Conv2D` (expanded kernel) and every
-`GroupBatchNormalization` into a `BatchNormalization` (repeated
-statistics); export that one, and the SavedModel holds plain
-convolutions:
+Serving: `fold_for_serving(model)` (that is, `model.serving_model()`)
+returns the same model with every `GroupConv2D` folded into a plain
+`Conv2D` (expanded kernel) and every `GroupBatchNormalization` into a
+`BatchNormalization` (repeated statistics). `capskeras.export` exports
+`serving_model()`, so the trainer's SavedModels hold plain convolutions:
 
     from capskeras import export
-    export.export_saved_model(fold_for_serving(model), export_dir, (28, 28, 1))
+    export.export_saved_model(model, export_dir, (28, 28, 1))  # plain Conv2D inside
 
 Reference:
     Cohen and Welling, "Group Equivariant Convolutional Networks", ICML
@@ -154,55 +154,21 @@ def build_z2cnn(image_shape=(28, 28, 1), num_classes=10, seed=None,
                        "z2cnn")
 
 
-def _clone(layer):
-    clone = type(layer).from_config(layer.get_config())
-    return clone
-
-
-def fold_sequential(model):
-    """A copy of a Sequential model with the group layers folded into plain ones.
-
-    `GroupConv2D` becomes `Conv2D` (`to_conv2d`), `GroupBatchNormalization`
-    becomes `BatchNormalization` (`to_batch_normalization`); every other
-    layer is cloned with its weights. Inference outputs are unchanged.
-    """
-    layers = []
-    copied = []
-    for layer in model.layers:
-        if isinstance(layer, GroupConv2D):
-            layers.append(layer.to_conv2d())
-        elif isinstance(layer, GroupBatchNormalization):
-            layers.append(layer.to_batch_normalization())
-        else:
-            clone = _clone(layer)
-            layers.append(clone)
-            copied.append((clone, layer))
-    folded = keras.Sequential(
-        [keras.Input(tuple(model.input_shape[1:]))] + layers, name=model.name
-    )
-    for clone, layer in copied:
-        clone.set_weights(layer.get_weights())
-    return folded
-
-
 def fold_for_serving(model):
     """A `StudyModel` with plain convolutions computing what `model` computes in inference.
 
-    Args:
-        model: a `StudyModel` whose encoder is a Sequential feature network
-            (P4CNN's, or any other: plain layers are copied).
+    `model.serving_model()`, which `capskeras.export.export_saved_model`
+    calls by itself: every `GroupConv2D` becomes a `Conv2D` with the
+    expanded kernel and every `GroupBatchNormalization` a
+    `BatchNormalization` with repeated statistics.
 
-    Returns:
-        A new built `StudyModel` whose encoder holds no group layers.
+    Args:
+        model: a `StudyModel` whose encoder is a Sequential feature network,
+            such as `build_p4cnn`'s.
     """
     if not isinstance(model, StudyModel) or not isinstance(model.encoder, keras.Sequential):
         raise TypeError(
             f"Received: model={model.name!r} of type {type(model).__name__}; expected a "
             "StudyModel with a Sequential encoder, such as build_p4cnn's"
         )
-    head = _clone(model.head)
-    folded = StudyModel(fold_sequential(model.encoder), head,
-                        freeze_encoder=model.freeze_encoder, name=model.name)
-    folded.build((None,) + tuple(model.encoder.input_shape[1:]))
-    head.set_weights(model.head.get_weights())
-    return folded
+    return model.serving_model()
