@@ -59,6 +59,9 @@ def main():
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="dropout after each hidden layer; default the model's "
+                             "(Z2CNN 0.3, P4CNN 0)")
     parser.add_argument("--output", required=True, help="the JSON report")
     parser.add_argument("--save_dir", default=None,
                         help="save model.keras and a folded SavedModel export here")
@@ -70,7 +73,8 @@ def main():
                                shuffle=True, seed=args.seed)
     test = load_rotated_mnist("test", batch_size=1000, dataset=args.dataset,
                               data_dir=args.data_dir, num_examples=args.test_examples)
-    model = BUILDERS[args.model](seed=args.seed)
+    options = {} if args.dropout is None else {"dropout": args.dropout}
+    model = BUILDERS[args.model](seed=args.seed, **options)
     model.compile(keras.optimizers.Adam(args.learning_rate), model.default_loss(),
                   metrics=model.default_metrics(), jit_compile=False)
     epoch_seconds = []
@@ -95,6 +99,7 @@ def main():
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "seed": args.seed,
+        "dropout": args.dropout,
         "history": {key: [float(v) for v in values] for key, values in history.history.items()},
         "epoch_seconds": epoch_seconds,
         "test_seconds": time.perf_counter() - start,
