@@ -63,6 +63,21 @@ def _check_dropout(dropout):
         raise ValueError(f"Received: dropout={dropout!r}; expected a float in [0, 1)")
 
 
+def _seven_layers(image_shape, conv, norm, dropout, seed):
+    """The shared geometry: input, 6 x (3x3 conv, norm, ReLU[, dropout]), 2x2 pool after
+    the second, a final 4x4 conv. `conv(index, kernel_size)`, `norm(index)` make the layers.
+    """
+    stack = [keras.Input(tuple(image_shape))]
+    for index in range(NUM_LAYERS - 1):
+        stack += [conv(index, 3), norm(index), keras.layers.ReLU(name=f"relu_{index + 1}")]
+        if dropout:
+            stack.append(_dropout(dropout, seed, index))
+        if index == 1:
+            stack.append(keras.layers.MaxPooling2D(2, name="pool"))
+    stack.append(conv(NUM_LAYERS - 1, 4))
+    return stack
+
+
 def gcnn_features(image_shape=(28, 28, 1), group="p4", channels=None, dropout=0.0,
                   seed=None, name=None):
     """P4CNN's (or P4M-CNN's) feature layers: images -> `[B, channels]`, invariant.
@@ -79,22 +94,16 @@ def gcnn_features(image_shape=(28, 28, 1), group="p4", channels=None, dropout=0.
     order = group_algebra.check_group(group)
     _check_dropout(dropout)
     channels = channels or round(Z2CNN_CHANNELS / math.sqrt(order))
-    stack = [keras.Input(tuple(image_shape))]
-    for index in range(NUM_LAYERS):
-        last = index == NUM_LAYERS - 1
-        stack.append(
-            GroupConv2D(channels, 4 if last else 3, group=group, lifting=index == 0,
-                        kernel_initializer=_initializer(seed, index), name=f"gconv_{index + 1}")
-        )
-        if last:
-            break
-        stack += [GroupBatchNormalization(group, momentum=BN_MOMENTUM,
-                                          name=f"gbn_{index + 1}"),
-                  keras.layers.ReLU(name=f"relu_{index + 1}")]
-        if dropout:
-            stack.append(_dropout(dropout, seed, index))
-        if index == 1:
-            stack.append(keras.layers.MaxPooling2D(2, name="pool"))
+
+    def conv(index, kernel_size):
+        return GroupConv2D(channels, kernel_size, group=group, lifting=index == 0,
+                           kernel_initializer=_initializer(seed, index),
+                           name=f"gconv_{index + 1}")
+
+    def norm(index):
+        return GroupBatchNormalization(group, momentum=BN_MOMENTUM, name=f"gbn_{index + 1}")
+
+    stack = _seven_layers(image_shape, conv, norm, dropout, seed)
     stack += [GroupPooling(group, "max", name="group_pool"),
               keras.layers.GlobalMaxPooling2D(name="spatial_pool")]
     return keras.Sequential(stack, name=name or f"{group}cnn_features")
@@ -104,23 +113,16 @@ def z2cnn_features(image_shape=(28, 28, 1), channels=Z2CNN_CHANNELS, dropout=Z2C
                    seed=None, name="z2cnn_features"):
     """Z2CNN's feature layers: the same geometry with plain convolutions."""
     _check_dropout(dropout)
-    stack = [keras.Input(tuple(image_shape))]
-    for index in range(NUM_LAYERS):
-        last = index == NUM_LAYERS - 1
-        stack.append(
-            keras.layers.Conv2D(channels, 4 if last else 3,
-                                kernel_initializer=_initializer(seed, index),
-                                name=f"conv_{index + 1}")
-        )
-        if last:
-            break
-        stack += [keras.layers.BatchNormalization(momentum=BN_MOMENTUM,
-                                                  name=f"bn_{index + 1}"),
-                  keras.layers.ReLU(name=f"relu_{index + 1}")]
-        if dropout:
-            stack.append(_dropout(dropout, seed, index))
-        if index == 1:
-            stack.append(keras.layers.MaxPooling2D(2, name="pool"))
+
+    def conv(index, kernel_size):
+        return keras.layers.Conv2D(channels, kernel_size,
+                                   kernel_initializer=_initializer(seed, index),
+                                   name=f"conv_{index + 1}")
+
+    def norm(index):
+        return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn_{index + 1}")
+
+    stack = _seven_layers(image_shape, conv, norm, dropout, seed)
     stack.append(keras.layers.GlobalMaxPooling2D(name="spatial_pool"))
     return keras.Sequential(stack, name=name)
 
