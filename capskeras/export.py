@@ -37,7 +37,8 @@ def export_saved_model(model, export_dir, image_shape, version=None):
 
     Args:
         model: a model following `capskeras.models.contract.ServableModel`
-            (every capskeras model does).
+            (every capskeras model does). When it has a `serving_model()`
+            method, the model that returns is exported instead.
         export_dir: the model's base directory; versions go below it.
         image_shape: `(H, W, C)` of the served images.
         version: int >= 1; defaults to one more than the newest version.
@@ -46,6 +47,10 @@ def export_saved_model(model, export_dir, image_shape, version=None):
         The path of the written version directory.
     """
     check_servable(model)
+    # A model may name a simpler model with the same serving outputs to
+    # export instead (StudyModel folds group convolutions into plain ones).
+    if hasattr(model, "serving_model"):
+        model = model.serving_model()
     versions = existing_versions(export_dir)
     if version is None:
         version = versions[-1] + 1 if versions else 1

@@ -38,8 +38,10 @@ def _download_host_reachable(builder, timeout=5.0):
         return False
 
 
-def prepared_builder(name="mnist", data_dir=None, download=True):
+def prepared_builder(name="mnist", data_dir=None, download=True, **builder_kwargs):
     """Returns a prepared TFDS builder, downloading only when possible.
+
+    `builder_kwargs` go to `tfds.builder` (a `config`, for instance).
 
     Raises:
         DatasetNotFoundError: the data is not in `data_dir` and either
@@ -48,7 +50,7 @@ def prepared_builder(name="mnist", data_dir=None, download=True):
             point capskeras at a prepared copy.
     """
     data_dir = resolve_data_dir(data_dir)
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir, **builder_kwargs)
     if builder.is_prepared():
         return builder
     searched = builder.data_dir

@@ -4,6 +4,9 @@ from capskeras import onednn
 from capskeras.layers.capsule_dense import CapsuleDense
 from capskeras.layers.capsule_length import CapsuleLength
 from capskeras.layers.capsule_mask import CapsuleMask
+from capskeras.layers.group_batch_normalization import GroupBatchNormalization
+from capskeras.layers.group_conv2d import GroupConv2D
+from capskeras.layers.group_pooling import GroupPooling
 from capskeras.layers.k_sparse import KSparse
 from capskeras.layers.primary_capsules import PrimaryCapsules
 from capskeras.layers.stop_gradient import StopGradient

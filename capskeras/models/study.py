@@ -78,6 +78,38 @@ class StudyModel(keras.Model):
         outputs.update(self.head.serving_outputs(self.head(code, training=False)))
         return outputs
 
+    def serving_model(self):
+        """The model `capskeras.export` writes: this one, or a plain copy of it.
+
+        When the encoder is a Sequential holding layers with a
+        `plain_equivalent()` method (the group convolutions and group batch
+        norms of P4CNN), returns a new `StudyModel` whose encoder has each
+        replaced by that plain layer (a `Conv2D` with the expanded kernel, a
+        `BatchNormalization` with repeated statistics) and every other layer
+        copied with its weights: the same inference, in ordinary layers, so
+        SavedModels hold plain convolutions. Otherwise returns `self`.
+        """
+        if not isinstance(self.encoder, keras.Sequential) or not any(
+                hasattr(layer, "plain_equivalent") for layer in self.encoder.layers):
+            return self
+        copied = []
+        layers = []
+        for layer in self.encoder.layers:
+            if hasattr(layer, "plain_equivalent"):
+                layers.append(layer.plain_equivalent())
+            else:
+                layers.append(type(layer).from_config(layer.get_config()))
+                copied.append((layers[-1], layer))
+        input_shape = tuple(self.encoder.input_shape[1:])
+        encoder = keras.Sequential([keras.Input(input_shape)] + layers, name=self.encoder.name)
+        head = type(self.head).from_config(self.head.get_config())
+        copied.append((head, self.head))
+        model = StudyModel(encoder, head, freeze_encoder=self.freeze_encoder, name=self.name)
+        model.build((None,) + input_shape)
+        for clone, layer in copied:
+            clone.set_weights(layer.get_weights())
+        return model
+
     def compute_output_shape(self, input_shape):
         return self.head.compute_output_shape(
             self.encoder.compute_output_shape(input_shape)

@@ -1,0 +1,71 @@
+"""Tests for tools/param_efficiency.py and tools/bench_gcnn.py."""
+
+import importlib.util
+import pathlib
+import sys
+
+import keras
+import pytest
+
+from capskeras.layers import GroupConv2D
+from capskeras.models import StudyModel
+from capskeras.models import heads
+
+TOOLS = pathlib.Path(__file__).resolve().parents[1] / "tools"
+
+
+def _load_tool(name):
+    module_name = f"capskeras_tools_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, TOOLS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def test_formula():
+    tool = _load_tool("param_efficiency")
+    assert tool.formula(4, 0.0) == 1.0
+    assert tool.formula(4, 1.0) == pytest.approx(0.25)
+    assert tool.formula(16, 0.5) == pytest.approx(1 - 15 / 16 / 4)
+
+
+@pytest.mark.parametrize("name, order", [("p4cnn", 4), ("p4mcnn", 8)])
+def test_fully_equivariant_models_need_one_kth_of_the_parameters(name, order):
+    tool = _load_tool("param_efficiency")
+    report = tool.efficiency(tool.BUILDERS[name](), name)
+    assert report["group_order"] == order and report["r"] == 1.0
+    for row in report["layers"]:
+        if row["type"] in ("GroupConv2D", "GroupBatchNormalization"):
+            assert row["plain_params"] == order * row["params"]
+    # Only the shared dense softmax layer keeps the total off the formula.
+    assert report["ratio"] == pytest.approx(report["formula"], abs=0.002)
+    assert "| **total** |" in tool.markdown(report)
+
+
+def test_partly_equivariant_model_counts_r():
+    tool = _load_tool("param_efficiency")
+    features = keras.Sequential([
+        keras.Input((12, 12, 1)),
+        GroupConv2D(2, 3, group="p4"),            # 8 maps in orbits of 4
+        keras.layers.Conv2D(8, 3),                # 8 plain maps
+        keras.layers.GlobalMaxPooling2D(),
+    ])
+    model = StudyModel(features, heads.ClassificationHead(3, hidden_units=()))
+    model.build((None, 12, 12, 1))
+    report = tool.efficiency(model)
+    assert report["r"] == 0.5 and report["group_order"] == 4
+    assert report["params"] < report["plain_params"]
+
+
+def test_bench_reports_ratios():
+    tool = _load_tool("bench_gcnn")
+    result = tool.compare("group", batch_size=2, repeats=1, steps=1, size=6, channels=2,
+                          filters=2)
+    assert result["group_output_maps"] == 8
+    for mode in ("inference", "train"):
+        assert result[mode]["group_ms"] > 0 and result[mode]["plain_ms"] > 0
+        assert result[mode]["ratio"] == pytest.approx(
+            result[mode]["plain_ms"] / result[mode]["group_ms"])
+    assert tool.cpu_line()

@@ -1,0 +1,161 @@
+"""GroupConv2D against Conv2D, and P4CNN against Z2CNN: throughput ratios, one process.
+
+Self-contained (separate from tools/bench.py). Each comparison pairs a
+group model with a plain one, builds a traced inference step
+(`model(x, training=False)`) and a traced training step (forward, the mean
+square of the outputs as loss, backward, an SGD update) for each, and
+times them in interleaved repeats (group, plain, group, plain, ...), so
+drifts in machine load hit both alike. The ratio is group throughput over
+plain throughput (median step times): 1.0 means as fast.
+
+Pairs:
+- `lifting`: GroupConv2D(filters, 3, lifting=True) on images vs
+  Conv2D(filters * G, 3): the same number of output maps.
+- `group`: GroupConv2D(filters, 3, lifting=False) on `channels * G` maps vs
+  Conv2D(filters * G, 3) on the same input.
+- `p4cnn_vs_z2cnn`: the two rotated-MNIST models (P4CNN has 40 maps a
+  layer to Z2CNN's 20, about the same parameters).
+- `p4cnn_vs_folded`: P4CNN against its `fold_for_serving` copy (plain
+  convolutions, the same maps): the cost of expanding the filter bank.
+
+    python tools/bench_gcnn.py --batch_size=64 --repeats=5 --steps=5
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from capskeras.layers import GroupConv2D
+from capskeras.models import build_p4cnn
+from capskeras.models import build_z2cnn
+from capskeras.models import fold_for_serving
+
+PAIRS = ("lifting", "group", "p4cnn_vs_z2cnn", "p4cnn_vs_folded")
+ORDERS = {"p4": 4, "p4m": 8}
+
+
+def cpu_line():
+    """The CPU model name and its widest vector extensions, for the report."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    name = fields.get("Model name", "unknown CPU").strip()
+    flags = set(fields.get("Flags", "").split())
+    vector = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    return f"{name} ({fields.get('CPU(s)', '?').strip()} CPUs; {', '.join(vector) or 'no AVX2'})"
+
+
+def _single(layer, input_shape):
+    model = keras.Sequential([keras.Input(input_shape), layer])
+    return model
+
+
+def build_pair(name, group="p4", size=28, channels=10, filters=10, seed=0):
+    """`(group_model, plain_model, input_shape)` for the pair `name`."""
+    order = ORDERS[group]
+    if name == "lifting":
+        shape = (size, size, 1)
+        return (_single(GroupConv2D(filters, 3, group=group, lifting=True), shape),
+                _single(keras.layers.Conv2D(filters * order, 3), shape), shape)
+    if name == "group":
+        shape = (size, size, channels * order)
+        return (_single(GroupConv2D(filters, 3, group=group, lifting=False), shape),
+                _single(keras.layers.Conv2D(filters * order, 3), shape), shape)
+    if name == "p4cnn_vs_z2cnn":
+        return build_p4cnn(seed=seed, group=group), build_z2cnn(seed=seed), (28, 28, 1)
+    if name == "p4cnn_vs_folded":
+        model = build_p4cnn(seed=seed, group=group)
+        return model, fold_for_serving(model), (28, 28, 1)
+    raise ValueError(f"Received: pair={name!r}; expected one of {PAIRS}")
+
+
+def _steps(model):
+    optimizer = keras.optimizers.SGD(1e-3)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function(jit_compile=False)
+    def infer(x):
+        return model(x, training=False)
+
+    @tf.function(jit_compile=False)
+    def train(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(tf.cast(model(x, training=True), tf.float32)))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    return {"inference": infer, "train": train}
+
+
+def _time(step, x, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = step(x)
+    keras.ops.convert_to_numpy(out)
+    return (time.perf_counter() - start) / steps
+
+
+def compare(name, batch_size=64, repeats=5, steps=5, **pair_kwargs):
+    """Median step seconds of both models and the group/plain throughput ratios."""
+    group_model, plain_model, shape = build_pair(name, **pair_kwargs)
+    x = tf.constant(np.random.default_rng(0).uniform(size=(batch_size,) + shape), tf.float32)
+    steps_of = {"group": _steps(group_model), "plain": _steps(plain_model)}
+    result = {"pair": name, "batch_size": batch_size, "input_shape": list(shape),
+              "group_output_maps": int(group_model.layers[-1].compute_output_shape(
+                  (None,) + shape)[-1]) if name in ("lifting", "group") else None}
+    for mode in ("inference", "train"):
+        times = {"group": [], "plain": []}
+        for kind in times:  # warm up: trace and first run
+            _time(steps_of[kind][mode], x, 1)
+        for _ in range(repeats):
+            for kind in times:
+                times[kind].append(_time(steps_of[kind][mode], x, steps))
+        group_s, plain_s = statistics.median(times["group"]), statistics.median(times["plain"])
+        result[mode] = {"group_ms": 1e3 * group_s, "plain_ms": 1e3 * plain_s,
+                        "ratio": plain_s / group_s}
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", default=",".join(PAIRS))
+    parser.add_argument("--group", default="p4", choices=sorted(ORDERS))
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=28, help="side of the layer inputs")
+    parser.add_argument("--channels", type=int, default=10, help="group layer input channels")
+    parser.add_argument("--filters", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    tf.get_logger().setLevel("ERROR")  # one trace per model and step is intended
+    cpu = cpu_line()
+    print(f"CPU: {cpu}; TensorFlow {tf.__version__}; batch {args.batch_size}, "
+          f"{args.repeats} interleaved repeats of {args.steps} steps, medians")
+    print("| pair | inference group / plain ms | ratio | train group / plain ms | ratio |")
+    print("|---|---|---:|---|---:|")
+    results = []
+    for name in args.pairs.split(","):
+        layer_kwargs = {"size": args.size, "channels": args.channels, "filters": args.filters}
+        result = compare(name, args.batch_size, args.repeats, args.steps, group=args.group,
+                         **(layer_kwargs if name in ("lifting", "group") else {}))
+        results.append(result)
+        inf, tr = result["inference"], result["train"]
+        print(f"| {name} | {inf['group_ms']:.2f} / {inf['plain_ms']:.2f} | {inf['ratio']:.2f} "
+              f"| {tr['group_ms']:.2f} / {tr['plain_ms']:.2f} | {tr['ratio']:.2f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"cpu": cpu, "args": vars(args), "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
