@@ -64,12 +64,22 @@ def test_every_experiment_has_its_flagfile():
     study = [f"enc_{encoder}_dec_{head}" for encoder in ("untrained", "deep_bp", "ksparse")
              for head in ("recon", "class")]
     capsules = ["capsnet_mnist", "capsnet_affnist", "lenet5_mnist", "cnn_baseline_affnist"]
-    assert FLAGFILES == sorted(study + capsules + ["quickstart"])
+    groups = ["p4cnn_rotated_mnist", "z2cnn_rotated_mnist"]
+    assert FLAGFILES == sorted(study + capsules + groups + ["quickstart"])
+
+
+# Rotated digits are regenerated from MNIST into a writable directory, few of them.
+SMALL_DATA = {
+    name: ["--regen_train_examples=256", "--regen_test_examples=128", "--data_dir={tmp}/tfds"]
+    for name in ("p4cnn_rotated_mnist", "z2cnn_rotated_mnist")
+}
 
 
 @pytest.mark.parametrize("name", FLAGFILES)
 def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
-    config = config_from_flagfile(REPO / "flags" / f"{name}.cfg", tiny_overrides(tmp_path))
+    small_data = [argument.format(tmp=tmp_path) for argument in SMALL_DATA.get(name, [])]
+    config = config_from_flagfile(REPO / "flags" / f"{name}.cfg",
+                                  tiny_overrides(tmp_path) + small_data)
     results = train(config)
 
     run = tmp_path / "run"
@@ -96,9 +106,10 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
 
     reloaded = keras.saving.load_model(run / "model.keras")
     assert type(reloaded).__name__ == ("StudyModel" if config.model != "capsnet" else "CapsNet")
+    assert config.task().build_model({}).count_params() == reloaded.count_params()
 
     served = tf.saved_model.load(results["export"]).signatures["serving_default"]
-    side = settings.pad_to or 28
+    side = getattr(settings, "pad_to", 0) or 28
     outputs = served(images=tf.zeros((2, side, side, 1)))
     assert "encoding" in outputs
     assert ({"probabilities", "class_ids"} <= set(outputs)) == classifies

@@ -12,6 +12,10 @@ else of a model than this:
   `class_ids` (`[B]` int) for classifiers; `reconstruction` (the images'
   shape) for decoders. A model may serve more outputs beside these.
 
+Optionally, `serving_model()` returns the model to export in its place,
+with the same serving outputs in plainer layers (a `StudyModel` with group
+convolutions returns one with ordinary convolutions).
+
 `check_servable(model)` says, once, what a model lacks.
 """
 
