@@ -106,7 +106,6 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
 
     reloaded = keras.saving.load_model(run / "model.keras")
     assert type(reloaded).__name__ == ("StudyModel" if config.model != "capsnet" else "CapsNet")
-    assert config.task().build_model({}).count_params() == reloaded.count_params()
 
     served = tf.saved_model.load(results["export"]).signatures["serving_default"]
     side = getattr(settings, "pad_to", 0) or 28
