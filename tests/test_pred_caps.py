@@ -38,11 +38,11 @@ def _reference(layer, x, feedback=None, k=None):
         layer.build(x.shape)
     z = _np(layer.drive(x)).astype("float64")
     groups = z.reshape(z.shape[:3] + (layer.groups, layer.group_dim))
-    norms = np.sqrt((groups**2).sum(-1) + 1e-7)
+    norms = np.sqrt((groups**2).sum(-1) + 1e-12)
     scores = norms
     if feedback is not None:
         p = feedback.reshape(groups.shape).astype("float64")
-        largest = np.sqrt((p**2).sum(-1) + 1e-7).max(-1, keepdims=True)
+        largest = np.sqrt((p**2).sum(-1) + 1e-12).max(-1, keepdims=True)
         scores = norms + layer.feedback_weight * (groups * p).sum(-1) / largest
     target = layer.k / layer.groups
     boost = np.exp(layer.boost_strength * (target - _np(layer.win_frequency)) / target)

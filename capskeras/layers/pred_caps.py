@@ -8,7 +8,7 @@ from capskeras.checks import check_positive_int
 _NORMALIZATIONS = ("unit_total", "layer_norm")
 _SELECTIONS = ("capsule", "unit")
 _PADDINGS = ("same", "valid")
-_EPSILON = 1e-7
+_EPSILON = 1e-12  # inside the float32 norms; sqrt(eps) is far below any drive
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -82,6 +82,10 @@ class PredCapsLayer(keras.layers.Layer):
         boost_strength: float >= 0, 0 disables boosting. Defaults to `3.0`.
         frequency_decay: float in [0, 1), decay of the win-frequency average.
         kernel_initializer: Initializer of the convolution kernel `W`.
+        bias_initializer: Initializer of the drive's bias `b`; defaults to
+            a normal of stddev 0.01, so that on a silent input (a blank
+            patch, `z = b`) the capsules are not tied and their unit total
+            is defined.
         decoder_initializer: Initializer of the decoder kernel `V`.
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
 
@@ -140,6 +144,7 @@ class PredCapsLayer(keras.layers.Layer):
         boost_strength=3.0,
         frequency_decay=0.99,
         kernel_initializer="glorot_uniform",
+        bias_initializer=None,
         decoder_initializer="glorot_uniform",
         **kwargs,
     ):
@@ -185,6 +190,9 @@ class PredCapsLayer(keras.layers.Layer):
             )
         self.frequency_decay = float(frequency_decay)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(
+            bias_initializer or keras.initializers.RandomNormal(stddev=0.01)
+        )
         self.decoder_initializer = keras.initializers.get(decoder_initializer)
         self.units = capsules * capsule_dim
         # Selection groups: whole capsules, or single units.
@@ -211,7 +219,9 @@ class PredCapsLayer(keras.layers.Layer):
         self.kernel = self.add_weight(
             name="kernel", shape=kernel_shape, initializer=self.kernel_initializer
         )
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        self.bias = self.add_weight(
+            name="bias", shape=(self.units,), initializer=self.bias_initializer
+        )
         self.decoder_kernel = self.add_weight(
             name="decoder_kernel", shape=kernel_shape, initializer=self.decoder_initializer
         )
@@ -347,6 +357,7 @@ class PredCapsLayer(keras.layers.Layer):
                 "boost_strength": self.boost_strength,
                 "frequency_decay": self.frequency_decay,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "decoder_initializer": keras.initializers.serialize(self.decoder_initializer),
             }
         )
