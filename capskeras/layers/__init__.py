@@ -6,4 +6,5 @@ from capskeras.layers.capsule_mask import CapsuleMask
 from capskeras.layers.k_sparse import KSparse
 from capskeras.layers.pred_caps import PredCapsLayer
 from capskeras.layers.primary_capsules import PrimaryCapsules
+from capskeras.layers.rank_mask import RankMask
 from capskeras.layers.stop_gradient import StopGradient
