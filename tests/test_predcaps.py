@@ -174,6 +174,20 @@ def test_study_model_keras_round_trip_and_export(mnist, tmp_path):
     np.testing.assert_array_equal(outputs["class_ids"].numpy(), expected["class_ids"])
 
 
+def test_pretrainer_follows_the_model_contract(mnist):
+    pretrainer = PredCapsPretrainer(predcaps_encoder(seed=0))
+    pretrainer.compile(keras.optimizers.Adam(1e-3), pretrainer.default_loss(),
+                       metrics=pretrainer.default_metrics())
+    x, y = pretrainer.make_example(mnist[0][:32], mnist[1][:32])
+    logs = pretrainer.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert {"loss", "image_mse", "layer_1_loss", "layer_2_loss", "layer_3_loss"} <= set(logs)
+    np.testing.assert_allclose(
+        logs["loss"][0], sum(logs[f"layer_{i}_loss"][0] for i in (1, 2, 3)), rtol=1e-5)
+    outputs = pretrainer.serving_outputs(mnist[0][:2])
+    assert outputs["encoding"].shape == (2, 256)
+    assert outputs["reconstruction"].shape == (2, 28, 28, 1)
+
+
 def test_pretrainer_keras_round_trip(mnist):
     assert_keras_round_trip(PredCapsPretrainer(predcaps_encoder(seed=0)), mnist[0][:2])
 

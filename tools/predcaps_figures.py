@@ -13,8 +13,9 @@ Until the trainer's PredCaps task exists, this is the PredCaps study run:
    once in inference mode (the frozen encoder under a head sees exactly
    these, as MNIST is not augmented here), and the study's `class` head
    (dense 1024-512-10) and `recon` head (dense 512-1024-784) are trained
-   on them for `--head_epochs` epochs each, keeping the best test figure
-   and the epoch it came at.
+   on them (the first `--head_train_examples` training images) for
+   `--head_epochs` epochs each, keeping the best test figure and the epoch
+   it came at.
 
 Results go to `<output_dir>/results.json`, appended as they come.
 """
@@ -99,6 +100,8 @@ def main():
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--train_examples", type=int, default=None)
     parser.add_argument("--test_examples", type=int, default=None)
+    parser.add_argument("--head_train_examples", type=int, default=None,
+                        help="training images the heads see (default: all)")
     parser.add_argument("--k", default=",".join(map(str, DEFAULT_PREDCAPS_K)))
     parser.add_argument("--feedback_iterations", type=int, default=1)
     parser.add_argument("--normalization", default="unit_total")
@@ -121,7 +124,7 @@ def main():
         "train", batch_size=args.batch_size, shuffle=True, seed=args.seed,
         num_examples=args.train_examples,
     ).map(lambda x, y: x)
-    data = (_arrays("train", args.train_examples), _arrays("test", args.test_examples))
+    data = (_arrays("train", args.head_train_examples), _arrays("test", args.test_examples))
     results = {"args": vars(args), "cpu": _cpu(), "epochs": []}
     path = os.path.join(args.output_dir, "results.json")
     for epoch in range(1, args.pretrain_epochs + 1):

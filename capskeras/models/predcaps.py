@@ -213,8 +213,12 @@ class PredCapsPretrainer(keras.Model):
     last pass with every layer's input and feedback held constant, so the
     gradient of layer `l`'s loss reaches only layer `l`'s weights; `fit`
     minimises their sum, which updates all layers in one step. Compile it
-    with an optimizer only; `fit` takes images alone (`y=None`) and reports
-    `loss` and `layer_<n>_loss`.
+    with an optimizer and `loss=None` (`default_loss()`); `fit` takes
+    images alone, or `make_example`'s `(images, images)` for the
+    `image_mse` metric of the first layer's reconstruction, and reports
+    `loss` and `layer_<n>_loss`. It follows the model contract
+    (`serving_outputs` gives `encoding` and `reconstruction`), so a
+    trainer's pre-training stage trains it like any model.
 
     Args:
         encoder: a `PredCapsEncoder`.
@@ -273,6 +277,26 @@ class PredCapsPretrainer(keras.Model):
     @property
     def metrics(self):
         return super().metrics + self.layer_loss_trackers
+
+    def make_example(self, images, labels):
+        """The `(inputs, targets)` pair: the images, their own target (for the metrics)."""
+        return images, images
+
+    def default_loss(self):
+        """None: the loss is the sum of the layers' local losses, added by the model."""
+        return None
+
+    def default_metrics(self):
+        return [keras.metrics.MeanSquaredError(name="image_mse")]
+
+    def serving_outputs(self, images):
+        """`encoding` (the code) and the first layer's `reconstruction` of the images."""
+        _, outputs = self.encoder.passes(images, training=False)
+        top = outputs[-1]
+        return {
+            "encoding": ops.reshape(top, (ops.shape(top)[0], -1)),
+            "reconstruction": self.encoder.pred_caps_layers[0].decode(outputs[0]),
+        }
 
     def compute_output_shape(self, input_shape):
         return input_shape

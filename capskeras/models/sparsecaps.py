@@ -1,7 +1,5 @@
 """Sparse Unsupervised Capsules (Rawlinson, Ahmed and Kowadlo 2018)."""
 
-import math
-
 import keras
 from keras import ops
 
@@ -9,6 +7,7 @@ from capskeras import losses
 from capskeras.layers.capsule_dense import CapsuleDense
 from capskeras.layers.primary_capsules import PrimaryCapsules
 from capskeras.layers.rank_mask import RankMask
+from capskeras.models.capsnet import capsule_decoder
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -62,17 +61,7 @@ class SparseCaps(keras.Model):
                                    routing_iterations=self.routing_iterations,
                                    name="latent_capsules")
         self.rank_mask = RankMask(input_types=32, name="rank_mask")
-        self.decoder = keras.Sequential(
-            [
-                keras.Input(shape=(self.latent_capsules * self.latent_dim,)),
-                keras.layers.Dense(512, activation="relu", name="dense_1"),
-                keras.layers.Dense(1024, activation="relu", name="dense_2"),
-                keras.layers.Dense(math.prod(self.image_shape), activation="sigmoid",
-                                   name="pixels"),
-                keras.layers.Reshape(self.image_shape, name="image"),
-            ],
-            name="decoder",
-        )
+        self.decoder = capsule_decoder(self.latent_capsules * self.latent_dim, self.image_shape)
 
     def build(self, input_shape):
         shape = tuple(input_shape)
