@@ -15,6 +15,8 @@ import tensorflow as tf
 from keras.export import ExportArchive
 
 from capskeras import xla
+from capskeras.models.contract import check_servable
+from capskeras.models.contract import check_serving_outputs
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
@@ -35,8 +37,8 @@ def export_saved_model(model, export_dir, image_shape, version=None):
     a partial version behind for a server to pick up.
 
     Args:
-        model: a model with a `serving_outputs(images)` method returning a
-            dict of tensors (every capskeras model has one).
+        model: a model following `capskeras.models.contract.ServableModel`
+            (every capskeras model does).
         export_dir: the model's base directory; versions go below it.
         image_shape: `(H, W, C)` of the served images.
         version: int >= 1; defaults to one more than the newest version.
@@ -44,11 +46,7 @@ def export_saved_model(model, export_dir, image_shape, version=None):
     Returns:
         The path of the written version directory.
     """
-    if not hasattr(model, "serving_outputs"):
-        raise TypeError(
-            f"Received: model={model.name!r} of type {type(model).__name__}; "
-            "expected a model with a `serving_outputs(images)` method"
-        )
+    check_servable(model)
     versions = existing_versions(export_dir)
     if version is None:
         version = versions[-1] + 1 if versions else 1
@@ -70,7 +68,7 @@ def export_saved_model(model, export_dir, image_shape, version=None):
             archive.track(model)
             archive.add_endpoint(
                 name=SIGNATURE_NAME,
-                fn=lambda images: _float32_outputs(model.serving_outputs(images)),
+                fn=lambda images: _float32_outputs(check_serving_outputs(model.serving_outputs(images))),
                 input_signature=[
                     tf.TensorSpec((None,) + tuple(image_shape), tf.float32, name=INPUT_NAME)
                 ],

@@ -214,7 +214,7 @@ def test_missing_dataset_found_through_env_var_directory(tmp_path, monkeypatch):
     _assert_helpful_not_found(info.value, tmp_path)
 
 
-def test_unreachable_download_host_raises_quickly(tmp_path, monkeypatch):
+def test_unreachable_download_host_is_reported_without_a_download(tmp_path, monkeypatch):
     calls = []
 
     def unreachable(builder, timeout=5.0):
@@ -222,10 +222,8 @@ def test_unreachable_download_host_raises_quickly(tmp_path, monkeypatch):
         return False
 
     monkeypatch.setattr(mnist, "_download_host_reachable", unreachable)
-    start = time.monotonic()
     with pytest.raises(DatasetNotFoundError) as info:
         load_mnist("test", batch_size=4, data_dir=str(tmp_path), download=True)
-    assert time.monotonic() - start < 10.0
     assert calls, "load_mnist did not check the download host"
     _assert_helpful_not_found(info.value, tmp_path)
     assert "reached" in str(info.value)

@@ -17,7 +17,7 @@ from capskeras.evaluation import evaluate
 from capskeras.evaluation import generalization
 from capskeras.evaluation import perturbation
 from capskeras.evaluation import plots
-from capskeras.models import build_model
+from capskeras.tasks import build_model
 from capskeras.models import build_study_model
 from capskeras.training.config import TrainConfig
 from capskeras.training.train import train
@@ -27,10 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _cli():
-    candidate = Path(sys.executable).parent / "capskeras-eval"
-    if candidate.exists():
-        return str(candidate)
-    return "/work/main/.venv/bin/capskeras-eval"
+    return str(Path(sys.executable).parent / "capskeras-eval")
 
 
 def _asymmetric_images(shape=(3, 9, 9, 1)):
@@ -118,7 +115,7 @@ def lenet5_run(tmp_path_factory):
     """A LeNet5 trained briefly: its model dir and export dir (versions 1 and 2)."""
     base = tmp_path_factory.mktemp("lenet5")
     model_dir, export_dir = str(base / "run"), str(base / "run" / "saved_model")
-    train(TrainConfig(
+    train(TrainConfig.from_flat(
         model="lenet5", train_examples=512, eval_examples=128, epochs=1, batch_size=64,
         verbose=0, model_dir=model_dir, export_dir=export_dir,
     ))
@@ -188,7 +185,7 @@ def test_a_bare_serving_signature_is_called_by_keyword(tmp_path):
 
 
 def test_digits_are_padded_for_40x40_models(tmp_path):
-    model = build_model("lenet5", image_shape=(40, 40, 1), seed=0)
+    model = build_model("lenet5", pad_to=40)
     model_dir = tmp_path / "lenet5_40"
     model_dir.mkdir()
     model.save(model_dir / "model.keras")
@@ -275,7 +272,7 @@ def test_cli_exits_non_zero_for_a_bad_path(tmp_path):
 @pytest.fixture(scope="module")
 def capsnet():
     keras.utils.set_random_seed(0)
-    return build_model("capsnet", seed=0)
+    return build_model("capsnet")
 
 
 def test_perturbed_decoder_inputs_layout():

@@ -20,7 +20,6 @@ to stderr.
 """
 
 import contextlib
-import dataclasses
 import json
 import os
 import pathlib
@@ -30,8 +29,10 @@ from absl import app
 from absl import flags
 
 from capskeras.training.config import TrainConfig
-from capskeras.training.flags import FLAGS
 from capskeras.training.flags import config_from_flagfile
+from capskeras.training.flags import define_flags as define_trainer_flags
+
+FLAGS = flags.FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS_DIR = REPO / "flags"
@@ -197,13 +198,13 @@ def trainer_overrides(flag_values=FLAGS):
         ValueError: one of them is set per experiment by this tool.
     """
     overrides = []
-    for field in dataclasses.fields(TrainConfig):
-        flag = flag_values[field.name]
+    for name in TrainConfig(model="study").to_flat():
+        flag = flag_values[name]
         if not flag.present:
             continue
-        if field.name in PER_EXPERIMENT_FLAGS:
+        if name in PER_EXPERIMENT_FLAGS:
             raise ValueError(
-                f"Received: --{field.name}={flag.value}; it is set per experiment "
+                f"Received: --{name}={flag.value}; it is set per experiment "
                 f"(use --runs_dir); expected none of {['--' + n for n in PER_EXPERIMENT_FLAGS]}"
             )
         overrides.append(flag.serialize())
@@ -227,28 +228,23 @@ def train_all(runs_dir, overrides=(), names=None):
         )
         print(f"results_table: training {name} into {model_dir}", file=sys.stderr)
         metrics[name] = train(config)
-        configs[name] = dataclasses.asdict(config)
+        configs[name] = config.to_flat()
     return metrics, configs
 
 
-def define_flags(flag_values=FLAGS):
-    """Defines the tool's own flags; the trainer's come with its flags module."""
-    if "train" not in flag_values:
-        flags.DEFINE_boolean(
-            "train", False, "Train the six experiments first, in this process.",
-            flag_values=flag_values,
-        )
-    if "runs_dir" not in flag_values:
-        flags.DEFINE_string(
-            "runs_dir", "runs", "Holds one model_dir per experiment.", flag_values=flag_values
-        )
-    if "output" not in flag_values:
-        flags.DEFINE_string(
-            "output", None, "Also write the table to this file.", flag_values=flag_values
-        )
-
-
-define_flags()
+def define_flags(flag_values):
+    """Defines the tool's own flags and the trainer's on `flag_values`."""
+    define_trainer_flags(flag_values)
+    flags.DEFINE_boolean(
+        "train", False, "Train the six experiments first, in this process.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "runs_dir", "runs", "Holds one model_dir per experiment.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "output", None, "Also write the table to this file.", flag_values=flag_values
+    )
 
 
 @contextlib.contextmanager
@@ -292,4 +288,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags(FLAGS)
     app.run(main)

@@ -9,6 +9,7 @@ takes a batch (or one image) and serves the rotation sweeps of
 
 import math
 
+import keras
 import tensorflow as tf
 
 
@@ -99,19 +100,14 @@ def rotate(images, degrees):
     cos, sin = tf.cos(radians), tf.sin(radians)
     centre_x = (tf.cast(width, tf.float32) - 1.0) / 2.0
     centre_y = (tf.cast(height, tf.float32) - 1.0) / 2.0
-    # The op maps each output pixel (x, y) to the input point it samples:
+    # The transform maps each output pixel (x, y) to the input point it samples:
     #   x_in = cos * x - sin * y + offset_x,  y_in = sin * x + cos * y + offset_y
     # which, with rows growing downwards, turns the content counter-clockwise.
     offset_x = centre_x - cos * centre_x + sin * centre_y
     offset_y = centre_y - sin * centre_x - cos * centre_y
     zeros = tf.zeros_like(cos)
     transforms = tf.stack([cos, -sin, offset_x, sin, cos, offset_y, zeros, zeros], axis=1)
-    rotated = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=tf.stack([height, width]),
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
+    rotated = keras.ops.image.affine_transform(
+        images, transforms, interpolation="bilinear", fill_mode="constant", fill_value=0.0
     )
     return rotated[0] if single else rotated

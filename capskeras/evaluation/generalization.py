@@ -31,6 +31,7 @@ import capskeras.models  # noqa: F401  Registers the classes `model.keras` files
 from capskeras.checks import check_positive_int
 from capskeras.data import mnist
 from capskeras.data import transforms
+from capskeras.models.contract import check_servable
 
 SAVED_MODEL_FILE = "saved_model.pb"
 KERAS_MODEL_FILE = "model.keras"
@@ -172,11 +173,10 @@ def _load_saved_model(version_dir, name):
 
 def _load_keras_model(model_file, model_path, name):
     model = keras.saving.load_model(model_file)
-    if not hasattr(model, "serving_outputs"):
-        raise ValueError(
-            f"Received: model path {model_path!r} holding a {type(model).__name__}; "
-            "expected a capskeras model with a `serving_outputs(images)` method"
-        )
+    try:
+        check_servable(model)
+    except TypeError as error:
+        raise ValueError(f"Received: model path {model_path!r}; {error}") from None
     image_shape = _image_shape(_keras_input_shape(model, model_path), model_path)
     # `predict` compiles the serving outputs into one graph per batch shape.
     predictor = _ClassIds(model, name="class_ids")

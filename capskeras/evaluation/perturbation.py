@@ -100,7 +100,7 @@ def perturbation_images(model, images, perturbations=PERTURBATIONS, class_ids=No
 
     Example:
 
-    >>> model = capskeras.models.build_model("capsnet")
+    >>> model = capskeras.tasks.build_model("capsnet")
     >>> out = perturbation_images(model, np.zeros((2, 28, 28, 1), "float32"))
     >>> out["images"].shape
     (2, 16, 11, 28, 28)

@@ -15,7 +15,7 @@ class KSparse(keras.layers.Layer):
     little denser than the one the decoder was trained on.
 
     `k` is held in a non-trainable variable so a schedule (see
-    `capskeras.training.callbacks.KSparseSchedule`) can lower it during
+    `capskeras.tasks.study.KSparseSchedule`) can lower it during
     training without retracing, also under `jit_compile=True`. The threshold
     is the k-th largest value of the sorted sample; units tied with it are
     all kept.

@@ -45,6 +45,21 @@ class Autoencoder(keras.Model):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def make_example(self, images, labels):
+        """The `(inputs, targets)` pair: the images are their own target."""
+        return images, images
+
+    def default_loss(self):
+        return keras.losses.MeanSquaredError(name="mse")
+
+    def default_metrics(self):
+        return []
+
+    def serving_outputs(self, images):
+        """`encoding` (the code) and `reconstruction`, in inference mode."""
+        code = self.encoder(images, training=False)
+        return {"encoding": code, "reconstruction": self.decoder(code, training=False)}
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -1,4 +1,4 @@
-"""Models, encoders and heads by name, so a new variant is one registration.
+"""The study's encoders and heads by name, so a new encoder is one registration.
 
     from capskeras.models import registry
 
@@ -6,19 +6,14 @@
     def my_encoder(image_shape, seed=None):
         return ...  # a keras model: images -> [B, code_dim]
 
-    @registry.register_model("my_model", options=("routing_iterations",))
-    def my_model(image_shape, num_classes=10, seed=None, routing_iterations=3):
-        return ...  # a model following the protocol below
-
-Every model has `make_example(images, labels)` (the `(inputs, targets)`
-pair it trains on), `default_loss()`, `default_metrics()` and
-`serving_outputs(images)` (the serving dict, with at least `encoding`).
+`build_study_model(encoder, head)` puts any of them together; the trainer
+reaches them through the `study` task (`capskeras.tasks.study`), whose
+settings carry the encoders' options.
 """
 
 import dataclasses
 from typing import Callable
 
-from capskeras.models import baselines
 from capskeras.models import capsnet
 from capskeras.models import encoders
 from capskeras.models import heads
@@ -43,21 +38,7 @@ class EncoderSpec:
     options: tuple = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """How a whole model is built.
-
-    Attributes:
-        build: `build(image_shape, num_classes=10, seed=None, **options)`.
-        options: the trainer settings `build` takes as keyword options.
-    """
-
-    build: Callable
-    options: tuple = ()
-
-
 ENCODERS = {}
-MODELS = {}
 HEADS = {
     "recon": heads.ReconstructionHead,
     "class": heads.ClassificationHead,
@@ -71,18 +52,6 @@ def register_encoder(name, frozen, pretrain_as_autoencoder=False, options=()):
         if name in ENCODERS:
             raise ValueError(f"Received: encoder name {name!r}; it is already registered")
         ENCODERS[name] = EncoderSpec(build, frozen, pretrain_as_autoencoder, tuple(options))
-        return build
-
-    return decorate
-
-
-def register_model(name, options=()):
-    """Decorator registering a model builder under `name`."""
-
-    def decorate(build):
-        if name in MODELS:
-            raise ValueError(f"Received: model name {name!r}; it is already registered")
-        MODELS[name] = ModelSpec(build, tuple(options))
         return build
 
     return decorate
@@ -128,13 +97,6 @@ def encoder_spec(name):
     return ENCODERS[name]
 
 
-def model_spec(name):
-    """The `ModelSpec` registered under `name`; a clear error otherwise."""
-    if name not in MODELS:
-        raise ValueError(f"Received: model={name!r}; expected one of {sorted(MODELS)}")
-    return MODELS[name]
-
-
 def build_head(name, image_shape=(28, 28, 1), num_classes=10):
     """The head registered under `name`, for images of `image_shape`."""
     if name not in HEADS:
@@ -178,61 +140,3 @@ def build_study_model(encoder, head, image_shape=(28, 28, 1), num_classes=10,
     )
     model.build((None,) + tuple(image_shape))
     return model
-
-
-@register_model(
-    "study", options=("encoder", "head", "ksparse_k", "ksparse_alpha", "routing_iterations")
-)
-def study(image_shape, num_classes=10, seed=None, encoder="deep_bp", head="class",
-          pretrained_encoder=None, **settings):
-    """An encoder of the equivariance study under one of its heads."""
-    spec = encoder_spec(encoder)
-    return build_study_model(
-        encoder, head, image_shape, num_classes, seed,
-        encoder_options={name: settings[name] for name in spec.options if name in settings},
-        pretrained_encoder=pretrained_encoder,
-    )
-
-
-@register_model("capsnet", options=("routing_iterations",))
-def capsnet_model(image_shape, num_classes=10, seed=None, routing_iterations=3):
-    """CapsNet with its reconstruction decoder (Sabour et al. 2017)."""
-    model = capsnet.CapsNet(image_shape, num_classes, routing_iterations, name="capsnet")
-    model.build((None,) + tuple(image_shape))
-    return model
-
-
-@register_model("lenet5")
-def lenet5(image_shape, num_classes=10, seed=None):
-    """LeNet5 (ReLU, average pooling) under a softmax layer."""
-    return _baseline(baselines.lenet5_features(image_shape), num_classes, 0.0, "lenet5")
-
-
-@register_model("cnn_baseline")
-def cnn_baseline(image_shape, num_classes=10, seed=None):
-    """The plain CNN Sabour et al. compare CapsNet with, dropout before its softmax."""
-    return _baseline(baselines.cnn_baseline_features(image_shape), num_classes, 0.5,
-                     "cnn_baseline")
-
-
-def _baseline(features, num_classes, dropout, name):
-    model = StudyModel(
-        features,
-        heads.ClassificationHead(num_classes, hidden_units=(), dropout=dropout,
-                                 name="class_head"),
-        name=name,
-    )
-    model.build((None,) + tuple(features.input_shape[1:]))
-    return model
-
-
-def build_model(name, image_shape=(28, 28, 1), num_classes=10, seed=None, **options):
-    """Builds the model registered under `name` with its keyword `options`."""
-    spec = model_spec(name)
-    unknown = sorted(set(options) - set(spec.options) - {"pretrained_encoder"})
-    if unknown:
-        raise ValueError(
-            f"Received: options {unknown} for model={name!r}; "
-            f"expected a subset of {list(spec.options)}"
-        )
-    return spec.build(tuple(image_shape), num_classes=num_classes, seed=seed, **options)

@@ -1,132 +1,156 @@
-"""The trainer's configuration: one dataclass, the single source of defaults.
+"""The trainer's configuration: its own settings plus the task's.
 
-`capskeras.training.flags` turns every field into an absl flag of the same
-name, so the command line, flagfiles and `train(TrainConfig(...))` in user
-code all share these defaults, help texts and checks.
+`TrainConfig` holds what every run has (epochs, batch, optimizer, paths,
+strategy, checkpoints) and, in `settings`, the chosen task's own settings
+dataclass. `capskeras.training.flags` turns both into absl flags of the same
+names, so the command line, flagfiles and Python share defaults, help texts
+and checks:
+
+    config = TrainConfig.from_flat(model="study", encoder="deep_bp", head="class", epochs=2)
 """
 
 import dataclasses
 import json
 
+from capskeras import tasks
+from capskeras.settings import FREE
+from capskeras.settings import MODEL
+from capskeras.settings import Settings
+from capskeras.settings import at_least
+from capskeras.settings import setting
 from capskeras.training.strategy import STRATEGIES
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-def _field(default, help, choices=None):
-    metadata = {"help": help}
-    if choices is not None:
-        metadata["choices"] = tuple(choices)
-    if isinstance(default, (list, tuple)):
-        return dataclasses.field(default=tuple(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
 @dataclasses.dataclass
-class TrainConfig:
-    """Everything one training run needs; see each field's help."""
+class TrainConfig(Settings):
+    """Everything one training run needs; see each field's help.
 
-    experiment: str = _field(
-        "", "Name of the run; defaults to the model's name, enc_<encoder>_dec_<head> for the study."
+    `settings` is the task's `Settings` instance; None gives its defaults.
+    """
+
+    model: str = setting("study", "Model family, a task name in capskeras.tasks.TASKS.",
+                         resume=MODEL)
+    experiment: str = setting(
+        "", "Name of the run; defaults to the task's (enc_<encoder>_dec_<head> for the study).",
+        resume=FREE,
     )
-    model: str = _field("study", "Model, a name registered in capskeras.models.MODELS.")
-    encoder: str = _field("deep_bp", "Study model: encoder, a name in capskeras.models.ENCODERS.")
-    head: str = _field("class", "Study model: head, a name in capskeras.models.HEADS.")
-    epochs: int = _field(1, "Epochs of the head (and trained-through encoder).")
-    train_examples: int = _field(0, "Use only the first N training examples; 0 for all.")
-    eval_examples: int = _field(0, "Evaluate on the first N test examples; 0 for all.")
-    batch_size: int = _field(128, "Global batch size, split across replicas.")
-    learning_rate: float = _field(1e-3, "Adam's initial learning rate.")
-    learning_rate_decay: float = _field(
-        1.0, "Exponential decay of the learning rate per epoch; 1.0 keeps it constant."
+    epochs: int = setting(1, "Epochs of the model's training (after any pretraining).",
+                          check=at_least(1), resume=FREE)
+    train_examples: int = setting(0, "Use only the first N training examples; 0 for all.",
+                                  check=at_least(0))
+    eval_examples: int = setting(0, "Evaluate on the first N test examples; 0 for all.",
+                                 check=at_least(0), resume=FREE)
+    batch_size: int = setting(128, "Global batch size, split across replicas.", check=at_least(1))
+    learning_rate: float = setting(
+        1e-3, "Adam's initial learning rate.", check=(lambda v: v > 0, "a float > 0")
     )
-    seed: int = _field(0, "Seeds initializers, shuffling and augmentation.")
-    data_dir: str = _field("", "Prepared TFDS directory; empty for $TFDS_DATA_DIR or TFDS's default.")
-    download: bool = _field(True, "Let TFDS download the dataset when it is missing.")
-    model_dir: str = _field("", "Checkpoints, logs, flags and metrics; defaults to runs/<experiment>.")
-    export_dir: str = _field("", "Export a SavedModel to <export_dir>/<version>/; empty to skip.")
-    distribution_strategy: str = _field(
-        "default", "tf.distribute strategy.", choices=STRATEGIES
+    learning_rate_decay: float = setting(
+        1.0, "Exponential decay of the learning rate per epoch; 1.0 keeps it constant.",
+        check=(lambda v: 0 < v <= 1, "a float in (0, 1]"),
     )
-    cpu_devices: int = _field(
-        0, "Split the host CPU into N logical devices (to try mirrored on one CPU); 0 leaves it whole."
+    seed: int = setting(0, "Seeds initializers, shuffling and augmentation.")
+    data_dir: str = setting(
+        "", "Prepared TFDS directory; empty for $TFDS_DATA_DIR or TFDS's default.", resume=FREE
     )
-    translate_pixels: int = _field(0, "Random shift of training images, up to N pixels each way.")
-    pad_to: int = _field(0, "Centre digits on a black canvas of this side (40 for affNIST); 0 for none.")
-    jit_compile: bool = _field(False, "Compile train and predict steps with XLA.")
-    precision: str = _field("float32", "Keras dtype policy.", choices=PRECISIONS)
-    ksparse_k: tuple = _field(
-        (640, 320, 32), "k-sparse encoder: units kept per sample in each of the three layers."
+    download: bool = setting(True, "Let TFDS download the dataset when it is missing.",
+                             resume=FREE)
+    model_dir: str = setting(
+        "", "Checkpoints, logs, flags and metrics; defaults to runs/<experiment>.", resume=FREE
     )
-    ksparse_alpha: float = _field(1.0, "k-sparse encoder: inference keeps alpha * k units.")
-    ksparse_initial_factor: float = _field(
-        1.0, "k-sparse encoder: k starts at this multiple and falls linearly to k."
+    export_dir: str = setting(
+        "", "Export a SavedModel to <export_dir>/<version>/; empty to skip.", resume=FREE
     )
-    ksparse_schedule_epochs: int = _field(
-        0, "k-sparse encoder: pretraining epochs over which k falls to its target."
+    distribution_strategy: str = setting(
+        "default", "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
+        choices=STRATEGIES, resume=FREE,
     )
-    routing_iterations: int = _field(3, "Capsule models: routing-by-agreement iterations.")
-    pretrain_epochs: int = _field(1, "Epochs of autoencoder pretraining, for encoders that need it.")
-    keep_checkpoints: int = _field(3, "Epoch checkpoints kept in <model_dir>/checkpoints.")
-    plot_reconstructions: bool = _field(
-        True, "Reconstruction heads: save test digits beside their reconstructions as a PNG."
+    cpu_devices: int = setting(
+        0, "Split the host CPU into N logical devices (to try mirrored on one CPU); 0 leaves it whole.",
+        check=at_least(0), resume=FREE,
     )
-    verbose: int = _field(-1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 a line per epoch, -1 auto.")
+    jit_compile: bool = setting(False, "Compile the train step with XLA.", resume=FREE)
+    precision: str = setting("float32", "Keras dtype policy.", choices=PRECISIONS)
+    checkpoint_every_steps: int = setting(
+        250, "Also checkpoint every N steps within an epoch (with the input position); "
+        "0 for epoch ends only.", check=at_least(0), resume=FREE,
+    )
+    keep_checkpoints: int = setting(3, "Checkpoints kept in <model_dir>/checkpoints.",
+                                    check=at_least(1), resume=FREE)
+    allow_setting_changes: bool = setting(
+        False, "Resume a run under settings that change its arithmetic (batch, learning "
+        "rate, ...) instead of refusing.", resume=FREE,
+    )
+    deterministic: bool = setting(
+        False, "Run TensorFlow ops deterministically (slower), for bit-reproducible runs.",
+        resume=FREE,
+    )
+    plot_reconstructions: bool = setting(
+        True, "Reconstruction models: save test digits beside their reconstructions as a PNG.",
+        resume=FREE,
+    )
+    verbose: int = setting(
+        -1, "Progress: 0 silent, 1 progress bar, 2 a line per epoch, -1 auto.",
+        choices=(-1, 0, 1, 2), resume=FREE,
+    )
+    settings: object = None
 
     def __post_init__(self):
-        self.ksparse_k = tuple(int(k) for k in self.ksparse_k)
-        if not self.experiment:
-            self.experiment = (
-                f"enc_{self.encoder}_dec_{self.head}" if self.model == "study" else self.model
-            )
-        if not self.model_dir:
+        task_class = tasks.TASKS.get(self.model)
+        if task_class is not None:
+            if self.settings is None:
+                self.settings = task_class.Settings()
+            if not self.experiment and isinstance(self.settings, task_class.Settings):
+                self.experiment = task_class.default_experiment(self.settings)
+        if not self.model_dir and self.experiment:
             self.model_dir = f"runs/{self.experiment}"
 
-    def validate(self):
-        """Raises ValueError naming the first bad value and what is accepted."""
-        from capskeras.models import registry
+    def task(self):
+        """The `Task` this configuration trains; a clear error for a bad model or settings."""
+        return tasks.get_task(self.model)(self.settings, seed=self.seed)
 
-        registry.model_spec(self.model)
-        if self.model == "study":
-            registry.encoder_spec(self.encoder)
-            registry.build_head(self.head)
-        for field in dataclasses.fields(self):
-            choices = field.metadata.get("choices")
-            value = getattr(self, field.name)
-            if not _has_type(value, field.type):
-                raise ValueError(
-                    f"Received: {field.name}={value!r}; expected {_TYPE_NAMES[field.type]}"
-                )
-            if choices and value not in choices:
-                raise ValueError(
-                    f"Received: {field.name}={value!r}; expected one of {list(choices)}"
-                )
-        _check(self, "epochs", lambda v: v >= 1, "an int >= 1")
-        _check(self, "batch_size", lambda v: v >= 1, "an int >= 1")
-        _check(self, "train_examples", lambda v: v >= 0, "an int >= 0 (0 for all)")
-        _check(self, "eval_examples", lambda v: v >= 0, "an int >= 0 (0 for all)")
-        _check(self, "learning_rate", lambda v: v > 0, "a float > 0")
-        _check(self, "learning_rate_decay", lambda v: 0 < v <= 1, "a float in (0, 1]")
-        _check(self, "cpu_devices", lambda v: v >= 0, "an int >= 0")
-        _check(self, "translate_pixels", lambda v: v >= 0, "an int >= 0")
-        _check(self, "pad_to", lambda v: v == 0 or v >= 28, "0 or an int >= 28")
-        _check(self, "ksparse_k", lambda v: len(v) == 3 and min(v) >= 1, "three ints >= 1")
-        _check(self, "ksparse_alpha", lambda v: v >= 1, "a float >= 1")
-        _check(self, "ksparse_initial_factor", lambda v: v >= 1, "a float >= 1")
-        _check(self, "ksparse_schedule_epochs", lambda v: v >= 0, "an int >= 0")
-        _check(self, "routing_iterations", lambda v: v >= 1, "an int >= 1")
-        _check(self, "pretrain_epochs", lambda v: v >= 1, "an int >= 1")
-        _check(self, "keep_checkpoints", lambda v: v >= 1, "an int >= 1")
-        _check(self, "verbose", lambda v: v in (-1, 0, 1, 2), "one of -1, 0, 1, 2")
+    def validate(self):
+        """Checks the trainer's and the task's settings; returns self."""
+        tasks.get_task(self.model)
+        super().validate()
+        self.task()
         return self
 
+    @classmethod
+    def from_flat(cls, **values):
+        """A config from one flat mapping of trainer and task setting names.
+
+        Raises:
+            ValueError: a name is neither a trainer setting nor one of the
+                task's.
+        """
+        model = values.get("model", "study")
+        task_class = tasks.get_task(model)
+        trainer_names = {field.name for field in trainer_fields()}
+        task_names = {field.name for field in dataclasses.fields(task_class.Settings)}
+        unknown = sorted(set(values) - trainer_names - task_names)
+        if unknown:
+            raise ValueError(
+                f"Received: settings {unknown} for model={model!r}; expected trainer settings "
+                f"or the task's own: {sorted(task_names)}"
+            )
+        settings = task_class.Settings(**{k: v for k, v in values.items() if k in task_names})
+        return cls(settings=settings, **{k: v for k, v in values.items() if k in trainer_names})
+
+    def to_flat(self):
+        """Trainer and task settings as one flat dict (the task's after the trainer's)."""
+        flat = {field.name: getattr(self, field.name) for field in trainer_fields()}
+        flat.update(dataclasses.asdict(self.settings))
+        return flat
+
     def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_flat(), indent=2, sort_keys=True)
 
     def to_flagfile(self):
         """The configuration as absl flag lines, reusable with --flagfile."""
         lines = []
-        for name, value in dataclasses.asdict(self).items():
+        for name, value in self.to_flat().items():
             if isinstance(value, bool):
                 lines.append(f"--{name}" if value else f"--no{name}")
             elif isinstance(value, tuple):
@@ -136,18 +160,14 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
 
-_TYPE_NAMES = {int: "an int", float: "a float", str: "a string", bool: "a bool", tuple: "a tuple"}
+def trainer_fields():
+    """The trainer's own setting fields (all but `settings`)."""
+    return [field for field in dataclasses.fields(TrainConfig) if field.name != "settings"]
 
 
-def _has_type(value, expected):
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def _check(config, name, accepts, expected):
-    value = getattr(config, name)
-    if not accepts(value):
-        raise ValueError(f"Received: {name}={value!r}; expected {expected}")
+def resume_rules(config):
+    """`{name: rule}` for every trainer and task setting of `config`."""
+    rules = {field.name: field.metadata["resume"] for field in trainer_fields()}
+    rules.update({field.name: field.metadata["resume"]
+                  for field in dataclasses.fields(config.settings)})
+    return rules

@@ -36,17 +36,22 @@ def check_strategy(name):
         raise ValueError(
             f"Received: distribution_strategy={name!r}; expected one of {list(STRATEGIES)}"
         )
-    tasks = _cluster_tasks()
-    if name == "multi_worker" and tasks > 1:
-        # Keras 3's `fit` hands per-replica values to a tensor conversion when
-        # several workers run (keras-team/keras#20585, still open in Keras
-        # 3.15); refuse here rather than fail inside the first step.
-        raise ValueError(
-            f"Received: distribution_strategy='multi_worker' with {tasks} tasks in "
-            "TF_CONFIG; Keras 3.15's fit runs MultiWorkerMirroredStrategy on one "
-            "worker only (keras-team/keras#20585). Expected TF_CONFIG with a "
-            "single worker, or distribution_strategy='mirrored' on one machine"
-        )
+    if name == "multi_worker":
+        try:
+            tf_config = _tf_config()
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}, not JSON ({error}); "
+                "expected the cluster and this task, e.g. "
+                '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                '"task": {"type": "worker", "index": 0}}'
+            ) from None
+        task = tf_config.get("task", {})
+        if tf_config.get("cluster") and task.get("type") not in ("chief", "worker"):
+            raise ValueError(
+                f"Received: TF_CONFIG task {task!r}; expected a task of type 'chief' or "
+                "'worker' with its index"
+            )
 
 
 def make_strategy(name):
@@ -55,9 +60,9 @@ def make_strategy(name):
     - `default`: no distribution, the current default strategy.
     - `mirrored`: synchronous data parallelism over every local GPU, or
       over the logical CPU devices when there is no GPU.
-    - `multi_worker`: `MultiWorkerMirroredStrategy` with collective ops,
-      on the single worker `TF_CONFIG` names (or a local one without it).
-      Several workers are refused until Keras 3's `fit` supports them.
+    - `multi_worker`: `MultiWorkerMirroredStrategy` with collective ops
+      across the workers `TF_CONFIG` names (a single local worker without
+      one). Every worker runs the same command with its own `TF_CONFIG`.
     """
     check_strategy(name)
     if name == "default":
@@ -68,30 +73,25 @@ def make_strategy(name):
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def shard_by_data(dataset):
-    """Makes distributed input shard `dataset` by element, not by file.
-
-    The TFDS MNIST split is a single file, so the default file-based
-    sharding cannot split it across workers; element-wise sharding can.
-    Without a strategy the option has no effect.
-    """
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
-
-
 def _tf_config():
     return json.loads(os.environ.get("TF_CONFIG") or "{}")
 
 
-def _cluster_tasks():
-    """How many chief and worker tasks `TF_CONFIG` names (0 without one)."""
-    cluster = _tf_config().get("cluster", {})
-    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+def worker_index():
+    """This process's index among the cluster's tasks: 0 for the chief.
+
+    The chief writes the run's files and exports; the others checkpoint
+    into their own directories.
+    """
+    if is_chief():
+        return 0
+    tf_config = _tf_config()
+    has_chief = "chief" in tf_config.get("cluster", {})
+    return tf_config.get("task", {}).get("index", 0) + (1 if has_chief else 0)
 
 
 def is_chief():
-    """Whether this process writes checkpoints and exports (one per cluster)."""
+    """Whether this process writes the run's files and exports (one per cluster)."""
     tf_config = _tf_config()
     task = tf_config.get("task", {})
     task_type = task.get("type")

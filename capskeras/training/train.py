@@ -1,12 +1,15 @@
-"""The absl trainer: flags -> config -> model -> fit -> export.
+"""The absl trainer: flags -> config -> task -> stages -> evaluate -> export.
 
     capskeras-train --flagfile=flags/enc_deep_bp_dec_class.cfg --epochs=2
 
-`train(TrainConfig(...))` runs the same job from Python. A run writes to
-`--model_dir`: `config.json` and `flags.cfg` (the resolved flags),
-`checkpoints/` (one per epoch, resumed from automatically), `logs/`
-(TensorBoard), `metrics.json`, `model.keras` and, for reconstruction heads,
-`reconstructions.png`; with `--export_dir` it also exports a SavedModel.
+`train(TrainConfig(...))` runs the same job from Python. The task named by
+`--model` (`capskeras.tasks`) supplies the model, its inputs and any
+pretraining stages; this module runs them with `capskeras.training.loop` and
+writes to `--model_dir`: `config.json` and `flags.cfg` (the settings the run
+started with), `checkpoints/` (resumed from automatically), `logs/`
+(TensorBoard), `metrics.json`, `model.keras` and, for reconstruction
+models, `reconstructions.png`; with `--export_dir` it also exports a
+SavedModel. Every check of the request runs before any work (`preflight`).
 """
 
 import json
@@ -16,25 +19,27 @@ import sys
 import time
 
 from absl import app
+from absl import flags as absl_flags
 from absl import logging
 import keras
+import tensorflow as tf
 
 from capskeras import export
 from capskeras.data import mnist
 from capskeras.evaluation import plots
 from capskeras.files import write_text_atomically
-from capskeras.models import registry
-from capskeras.models.autoencoder import Autoencoder
-from capskeras.training import callbacks
+from capskeras.models.contract import check_servable
+from capskeras.tasks import InputOptions
+from capskeras.training import loop
+from capskeras.training import run_dir
 from capskeras.training import strategy as strategies
 from capskeras.training.flags import config_from_flags
+from capskeras.training.flags import define_flags
+from capskeras.training.run_dir import IncompatibleRunError  # noqa: F401  Public here too.
 
-# Settings that fix the model's variables: a run cannot resume under others.
-MODEL_DEFINING = ("model", "encoder", "head", "pad_to", "ksparse_k", "routing_iterations")
 
-
-class IncompatibleRunError(ValueError):
-    """`model_dir` holds a run whose model differs from the requested one."""
+class ConfigurationError(ValueError):
+    """The request is wrong: a bad value, a path, missing data, another run's model_dir."""
 
 
 def train(config):
@@ -44,66 +49,161 @@ def train(config):
 
     Returns:
         The metrics dict also written to `<model_dir>/metrics.json`.
+
+    Raises:
+        ConfigurationError: anything wrong with the request, before any work.
+        loop.NonFiniteLossError: the loss became NaN or infinite.
     """
-    preflight(config)
+    changes = preflight(config)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
-        return _train(config)
+        return _Run(config, changes).run()
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
 
 def preflight(config):
-    """Checks everything that can be wrong with the request, before any work.
+    """Checks everything that can be wrong with the request; returns the resume's changes.
+
+    Writes nothing: a rejected request leaves `model_dir` untouched.
 
     Raises:
-        ValueError: a bad setting, or a `model_dir` holding another model.
-        DatasetNotFoundError: MNIST is neither prepared nor downloadable.
+        ConfigurationError: a bad setting, an unwritable directory, missing
+            data, or a `model_dir` whose run these settings cannot continue.
     """
-    config.validate()
-    strategies.check_strategy(config.distribution_strategy)
-    if config.cpu_devices:
-        strategies.split_host_cpu(config.cpu_devices)
-    _check_resumable(config)
-    mnist.prepared_builder("mnist", data_dir=config.data_dir or None, download=config.download)
+    try:
+        config.validate()
+        task = config.task()
+        strategies.check_strategy(config.distribution_strategy)
+        run_dir.check_writable("model_dir", config.model_dir)
+        if config.export_dir:
+            run_dir.check_writable("export_dir", config.export_dir)
+        changes = run_dir.changed_settings(config)
+        run_dir.check_stages(config, task.pretraining())
+        task.check_data(_input_options(config, "train"))
+        if config.cpu_devices:
+            strategies.split_host_cpu(config.cpu_devices)
+    except (ValueError, TypeError, mnist.DatasetNotFoundError) as error:
+        raise ConfigurationError(str(error)) from error
+    return changes
 
 
-def _train(config):
-    keras.utils.set_random_seed(config.seed)
-    strategy = strategies.make_strategy(config.distribution_strategy)
-    chief = strategies.is_chief()
-    if chief:
-        os.makedirs(config.model_dir, exist_ok=True)
-        write_text_atomically(os.path.join(config.model_dir, "config.json"), config.to_json())
-        write_text_atomically(os.path.join(config.model_dir, "flags.cfg"), config.to_flagfile())
-    verbose = config.verbose if config.verbose >= 0 else (1 if sys.stdout.isatty() else 2)
-    results = {
-        "experiment": config.experiment,
-        "model": config.model,
-        "distribution_strategy": config.distribution_strategy,
-        "replicas": strategy.num_replicas_in_sync,
-    }
-    if config.model == "study":
-        results.update(encoder=config.encoder, head=config.head)
+class _Run:
+    """One run of `train`: its strategy, its stages and what it writes."""
 
-    pretrained_encoder = None
-    if config.model == "study" and registry.encoder_spec(config.encoder).pretrain_as_autoencoder:
-        pretrained_encoder, results["pretrain"] = _pretrain_encoder(config, strategy, chief, verbose)
-    with strategy.scope():
-        model = build_model(config, pretrained_encoder)
-    train_data = _examples(config, "train", model)
-    test_data = _examples(config, "test", model)
+    def __init__(self, config, changes):
+        self.config = config
+        self.changes = changes
+        self.task = config.task()
+        self.chief = strategies.is_chief()
+        self.verbose = config.verbose if config.verbose >= 0 else (
+            1 if sys.stdout.isatty() else 2)
 
-    results.update(_fit(config, model, train_data, config.epochs, "checkpoints", chief, verbose))
-    results["test"] = _evaluate(model, test_data)
-    results["params"] = model.count_params()
-    logging.info("%s test metrics: %s", config.experiment, results["test"])
+    def run(self):
+        config = self.config
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(config.seed)
+        self.strategy = strategies.make_strategy(config.distribution_strategy)
+        self.worker = strategies.worker_index() if config.distribution_strategy == "multi_worker" \
+            else 0
+        if self.chief:
+            run_dir.record_start(config, self.changes)
+        results = {
+            "experiment": config.experiment,
+            "model": config.model,
+            "settings": self.task.settings.to_dict(),
+            "distribution_strategy": config.distribution_strategy,
+            "replicas": self.strategy.num_replicas_in_sync,
+        }
+        pretrained = {}
+        for stage in self.task.pretraining():
+            model, results[stage.name] = self._train(
+                stage.build_model, stage.epochs, stage.name, stage.callbacks())
+            pretrained[stage.name] = stage.result(model)
+        model, trained = self._train(lambda: self.task.build_model(pretrained), config.epochs)
+        results.update(trained)
+        results["params"] = model.count_params()
+        if self.chief:
+            self._finish(model, results)
+        return results
 
-    if chief:
-        image_shape = image_shape_of(config)
+    def _train(self, build_model, epochs, stage_name=None, callbacks=()):
+        """Builds, trains and evaluates one stage's model; returns it and its metrics."""
+        config = self.config
+        options = _input_options(config, "train")
+        examples = self.task.num_examples("train", options)
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas or (replicas > 1 and examples < config.batch_size):
+            raise ConfigurationError(
+                f"Received: batch_size={config.batch_size} for {replicas} replicas and "
+                f"{examples} training examples; expected a multiple of the number of "
+                "replicas, at most the number of examples"
+            )
+        # Several replicas drop the last partial batch (see loop.py).
+        rounding = math.ceil if replicas == 1 else math.floor
+        steps_per_epoch = max(1, rounding(examples / config.batch_size))
+        with self.strategy.scope():
+            model = _built(check_servable(build_model()), self.task.image_shape())
+            model = _compile(model, config, steps_per_epoch)
+        data = self.task.images("train", options, shuffle=True).map(model.make_example)
+        callbacks = list(callbacks)
+        if self.chief:
+            log_dir = os.path.join(config.model_dir, "logs", stage_name or "")
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
+        started = time.perf_counter()
+        trained = loop.train_model(
+            model, data,
+            strategy=self.strategy,
+            batch_size=config.batch_size,
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            directory=run_dir.stage_directory(config.model_dir, stage_name),
+            checkpoint_every_steps=config.checkpoint_every_steps,
+            keep=config.keep_checkpoints,
+            worker_id=self.worker,
+            restore_input=not self.changes,
+            callbacks=callbacks,
+            verbose=self.verbose if self.chief else 0,
+            jit_compile=config.jit_compile,
+        )
+        resumed = trained["resumed_from"]
+        metrics = {
+            "epochs": trained["epochs"],
+            "resumed_from": resumed,
+            "resumed_from_epoch": resumed["epoch"] if resumed else 0,
+            "fit_seconds": round(time.perf_counter() - started, 2),
+            "history": trained["history"],
+        }
+        if self.chief:
+            metrics["test"] = _evaluate(self._local(model), self._test_data(model))
+            logging.info("%s %s test metrics: %s", config.experiment, stage_name or "model",
+                         metrics["test"])
+        return model, metrics
+
+    def _local(self, model):
+        """`model` itself, or under a strategy a copy of it with plain variables."""
+        if self.config.distribution_strategy == "default":
+            return model
+        copy = model.__class__.from_config(model.get_config())
+        copy.build((None,) + self.task.image_shape())
+        copy.set_weights(model.get_weights())
+        copy.compile(loss=copy.default_loss(), metrics=copy.default_metrics())
+        return copy
+
+    def _test_data(self, model):
+        options = _input_options(self.config, "test")
+        return self.task.images("test", options, shuffle=False).map(model.make_example)
+
+    def _finish(self, model, results):
+        """The chief's files: the figure, `model.keras`, the export, `metrics.json`."""
+        config = self.config
+        model = self._local(model)
         if config.plot_reconstructions:
-            images = next(iter(_images(config, "test", batch_size=10, num_examples=10)))
+            options = InputOptions(batch_size=10, num_examples=10, data_dir=config.data_dir or None,
+                                   download=config.download)
+            images, _ = next(iter(self.task.images("test", options, shuffle=False)))
             outputs = model.serving_outputs(images)
             if "reconstruction" in outputs:
                 results["reconstructions_png"] = plots.save_reconstruction_grid(
@@ -113,92 +213,22 @@ def _train(config):
                 )
         results["model_file"] = _save_model(model, config.model_dir)
         if config.export_dir:
-            results["export"] = export.export_saved_model(model, config.export_dir, image_shape)
+            results["export"] = export.export_saved_model(
+                model, config.export_dir, self.task.image_shape())
             logging.info("Exported SavedModel to %s", results["export"])
-        write_text_atomically(os.path.join(config.model_dir, "metrics.json"), json.dumps(results, indent=2))
-    return results
+        write_text_atomically(os.path.join(config.model_dir, "metrics.json"),
+                              json.dumps(results, indent=2))
 
 
-def image_shape_of(config):
-    """`(H, W, C)` of the images `config` trains on."""
-    return (config.pad_to, config.pad_to, 1) if config.pad_to else mnist.IMAGE_SHAPE
-
-
-def build_model(config, pretrained_encoder=None):
-    """The compiled model `config` describes, as `fit` will train it.
-
-    Call it under the strategy's scope to distribute it.
-    """
-    spec = registry.model_spec(config.model)
-    options = {name: getattr(config, name) for name in spec.options}
-    if pretrained_encoder is not None:
-        options["pretrained_encoder"] = pretrained_encoder
-    model = registry.build_model(
-        config.model, image_shape_of(config), seed=config.seed, **options
+def _input_options(config, split):
+    training = split == "train"
+    return InputOptions(
+        batch_size=config.batch_size,
+        num_examples=(config.train_examples if training else config.eval_examples) or None,
+        seed=config.seed,
+        data_dir=config.data_dir or None,
+        download=config.download,
     )
-    model.compile(
-        optimizer=_optimizer(config),
-        loss=model.default_loss(),
-        metrics=model.default_metrics(),
-        jit_compile=config.jit_compile,
-    )
-    return model
-
-
-def _pretrain_encoder(config, strategy, chief, verbose):
-    """Trains the encoder as a (k-sparse) autoencoder; returns it and its metrics."""
-    spec = registry.encoder_spec(config.encoder)
-    image_shape = image_shape_of(config)
-    with strategy.scope():
-        encoder = spec.build(
-            image_shape, seed=config.seed, **{name: getattr(config, name) for name in spec.options}
-        )
-        autoencoder = Autoencoder(encoder, name="autoencoder")
-        autoencoder.build((None,) + tuple(image_shape))
-        autoencoder.compile(
-            optimizer=_optimizer(config),
-            loss=keras.losses.MeanSquaredError(name="mse"),
-            jit_compile=config.jit_compile,
-        )
-    schedule = callbacks.KSparseSchedule(
-        config.ksparse_initial_factor, config.ksparse_schedule_epochs
-    )
-    autoencode = lambda images: (images, images)  # noqa: E731
-    metrics = _fit(
-        config, autoencoder, _images(config, "train").map(autoencode), config.pretrain_epochs,
-        os.path.join("pretrain", "checkpoints"), chief, verbose, extra_callbacks=[schedule],
-    )
-    callbacks.set_target_k(autoencoder)
-    metrics["test"] = _evaluate(autoencoder, _images(config, "test").map(autoencode))
-    return encoder, metrics
-
-
-def _fit(config, model, data, epochs, checkpoint_subdir, chief, verbose, extra_callbacks=()):
-    """Fits `model` for `epochs`, resuming from its newest epoch checkpoint."""
-    checkpoint = callbacks.EpochCheckpoint(
-        os.path.join(config.model_dir, checkpoint_subdir),
-        keep=config.keep_checkpoints,
-        write=chief,
-    )
-    initial_epoch = checkpoint.restore(model)
-    if initial_epoch:
-        logging.info("Resuming %s from epoch %d of %d", model.name, initial_epoch, epochs)
-    fit_callbacks = [checkpoint, *extra_callbacks]
-    if chief:
-        log_dir = os.path.join(config.model_dir, "logs", os.path.dirname(checkpoint_subdir))
-        fit_callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
-    started = time.perf_counter()
-    if initial_epoch < epochs:
-        model.fit(
-            data, epochs=epochs, initial_epoch=initial_epoch,
-            callbacks=fit_callbacks, verbose=verbose, shuffle=False,
-        )
-    return {
-        "epochs": max(epochs, initial_epoch),
-        "resumed_from_epoch": initial_epoch,
-        "fit_seconds": round(time.perf_counter() - started, 2),
-        "history": checkpoint.history,
-    }
 
 
 def _evaluate(model, data):
@@ -211,64 +241,41 @@ def _evaluate(model, data):
     return metrics
 
 
-def _images(config, split, batch_size=None, num_examples=None):
-    """Batches of images alone, as the model sees them."""
-    data = _mnist(config, split, batch_size, num_examples)
-    return data.map(lambda images, labels: images)
+def compiled_model(config, steps_per_epoch=1):
+    """The model `config` trains, compiled as the trainer compiles it.
+
+    Pretraining stages are skipped: a model with a pretrained encoder gets
+    a freshly initialized one. For benchmarks and experiments in code.
+    """
+    config.validate()
+    task = config.task()
+    return _compile(_built(task.build_model({}), task.image_shape()), config, steps_per_epoch)
 
 
-def _examples(config, split, model):
-    """Batches of the model's `(inputs, targets)` pairs."""
-    return _mnist(config, split).map(model.make_example)
+def _built(model, image_shape):
+    """`model`, built for `image_shape` if its builder left that to the first call."""
+    if not model.built:
+        model.build((None,) + tuple(image_shape))
+    return model
 
 
-def _mnist(config, split, batch_size=None, num_examples=None):
-    training = split == "train"
-    if num_examples is None:
-        num_examples = config.train_examples if training else config.eval_examples
-    data = mnist.load_mnist(
-        split,
-        batch_size=batch_size or config.batch_size,
-        data_dir=config.data_dir or None,
-        download=config.download,
-        num_examples=num_examples or None,
-        shuffle=training,
-        seed=config.seed,
-        translate_pixels=config.translate_pixels if training else 0,
-        pad_to=config.pad_to or None,
+def _compile(model, config, steps_per_epoch):
+    model.compile(
+        optimizer=_optimizer(config, steps_per_epoch),
+        loss=model.default_loss(),
+        metrics=model.default_metrics(),
     )
-    return strategies.shard_by_data(data)
+    return model
 
 
-def _optimizer(config):
-    examples = config.train_examples or 60000
-    steps_per_epoch = math.ceil(examples / config.batch_size)
+def _optimizer(config, steps_per_epoch):
+    """Adam, its learning rate decayed per epoch of the real dataset size."""
     learning_rate = config.learning_rate
     if config.learning_rate_decay < 1.0:
         learning_rate = keras.optimizers.schedules.ExponentialDecay(
             config.learning_rate, steps_per_epoch, config.learning_rate_decay
         )
     return keras.optimizers.Adam(learning_rate)
-
-
-def _check_resumable(config):
-    """Refuses to resume a run whose model-defining settings differ."""
-    path = os.path.join(config.model_dir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    for name in MODEL_DEFINING:
-        requested = getattr(config, name)
-        recorded = saved.get(name)
-        if isinstance(requested, tuple):
-            recorded = tuple(recorded or ())
-        if recorded != requested:
-            raise IncompatibleRunError(
-                f"Received: {name}={requested!r}, but model_dir={config.model_dir!r} "
-                f"holds a run with {name}={recorded!r}; expected the same value "
-                "to resume that run, or a new --model_dir"
-            )
 
 
 def _save_model(model, model_dir):
@@ -282,24 +289,39 @@ def _save_model(model, model_dir):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
-    # Only bad input is reported as a usage error; a failure during training
-    # keeps its traceback.
     try:
-        config = config_from_flags()
-        preflight(config)
-    except (ValueError, mnist.DatasetNotFoundError) as error:
-        print(f"capskeras-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    results = train(config)
-    summary = {key: results[key] for key in ("experiment", "epochs", "test")}
+        config = config_from_flags(absl_flags.FLAGS)
+    except ValueError as error:
+        _fail(error, 2)
+    try:
+        results = train(config)
+    except ConfigurationError as error:
+        _fail(error, 2)
+    except loop.NonFiniteLossError as error:
+        _fail(error, 3)
+    summary = {key: results.get(key) for key in ("experiment", "epochs", "test")}
     summary["model_dir"] = config.model_dir
     summary["export"] = results.get("export")
     print(json.dumps(summary, indent=2, default=float))
 
 
+def _fail(error, exit_code):
+    print(f"capskeras-train: error: {error}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
+def _parse_flags(argv):
+    """absl's parsing, with a bad flag value reported as a usage error (exit 2)."""
+    try:
+        return absl_flags.FLAGS(argv)
+    except absl_flags.Error as error:
+        _fail(error, 2)
+
+
 def run():
     """Console-script entry point of `capskeras-train`."""
-    app.run(main)
+    define_flags(absl_flags.FLAGS)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

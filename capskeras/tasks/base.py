@@ -1,0 +1,167 @@
+"""Tasks: what the trainer needs to know of a model family, and nothing more.
+
+A task owns everything model-specific: its settings (a `Settings`
+dataclass, whose fields become the trainer's flags), their validation, its
+model, its inputs, and any training stages before the model's own (the
+k-sparse autoencoder today). The trainer owns the loop: strategy, steps,
+checkpoints, resume, logs, evaluation and export. It finds a task by name
+in `TASKS`, and knows no family by name.
+
+    @register_task("my_family")
+    class MyTask(MnistTask):
+        @dataclasses.dataclass
+        class Settings(MnistTask.Settings):
+            width: int = setting(32, "Filters of each layer.", check=at_least(1),
+                                 resume=MODEL)
+
+        def build_model(self, pretrained):
+            return my_models.build(self.image_shape(), self.settings.width)
+
+After Model Garden's `official/core` `Task` and keras-hub's `Task`, in a
+fraction of their size.
+"""
+
+import dataclasses
+from typing import Callable
+
+from capskeras.settings import Settings
+
+TASKS = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+    """How the trainer wants a split: batch, size, order and where the data is.
+
+    Attributes:
+        batch_size: the global batch size.
+        num_examples: use only the first N examples; None for all.
+        seed: seeds the shuffle and the augmentation.
+        data_dir: a prepared TFDS directory; None for `$TFDS_DATA_DIR`.
+        download: let TFDS download missing data.
+    """
+
+    batch_size: int
+    num_examples: int = None
+    seed: int = 0
+    data_dir: str = None
+    download: bool = True
+
+
+@dataclasses.dataclass
+class Stage:
+    """A training stage that runs before the model's own training.
+
+    The trainer trains, checkpoints and resumes each stage like the main
+    one, under `<model_dir>/<name>/`, and passes `result(model)` on to
+    `Task.build_model` as `pretrained[name]`.
+
+    Attributes:
+        name: the stage's directory and its key in `pretrained`.
+        epochs: how many epochs it trains.
+        build_model: `() -> keras.Model`, uncompiled, following the model
+            contract (`capskeras.models.contract`).
+        result: `(trained model) -> object` handed to later stages.
+        callbacks: `() -> list` of Keras callbacks for its training.
+    """
+
+    name: str
+    epochs: int
+    build_model: Callable
+    result: Callable
+    callbacks: Callable = list
+
+
+class Task:
+    """A model family the trainer can train; subclass and `register_task` it.
+
+    Class attributes:
+        Settings: the family's settings dataclass (a `capskeras.settings.Settings`).
+        name: set by `register_task`.
+
+    Args:
+        settings: an instance of `Settings`; validated here.
+        seed: int, seeds the model's initializers where the family uses one.
+    """
+
+    Settings = Settings
+    name = None
+
+    def __init__(self, settings=None, seed=0):
+        self.seed = seed
+        settings = self.Settings() if settings is None else settings
+        if type(settings) is not self.Settings:
+            raise TypeError(
+                f"Received: settings of type {type(settings).__name__} for task "
+                f"{self.name!r}; expected {self.Settings.__qualname__}"
+            )
+        self.settings = settings.validate()
+
+    @classmethod
+    def default_experiment(cls, settings):
+        """The run's name when `--experiment` is not given."""
+        return cls.name
+
+    def image_shape(self):
+        """`(H, W, C)` of the images the model takes."""
+        raise NotImplementedError
+
+    def check_data(self, options):
+        """Raises an error naming how to prepare the data when it is missing."""
+        raise NotImplementedError
+
+    def images(self, split, options, shuffle):
+        """A batched `tf.data.Dataset` of `(images, labels)` for `split`."""
+        raise NotImplementedError
+
+    def num_examples(self, split, options):
+        """How many examples one epoch of `split` holds under `options`."""
+        raise NotImplementedError
+
+    def pretraining(self):
+        """The `Stage`s that train before the model; none by default."""
+        return []
+
+    def build_model(self, pretrained):
+        """The model to train, uncompiled, following the model contract.
+
+        Args:
+            pretrained: dict of the earlier stages' results, by stage name.
+        """
+        raise NotImplementedError
+
+
+def register_task(name):
+    """Class decorator registering a `Task` subclass under `name`."""
+
+    def decorate(task_class):
+        if name in TASKS:
+            raise ValueError(f"Received: task name {name!r}; it is already registered")
+        task_class.name = name
+        TASKS[name] = task_class
+        return task_class
+
+    return decorate
+
+
+def get_task(name):
+    """The `Task` class registered under `name`; a clear error otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"Received: model={name!r}; expected one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def build_model(name, seed=0, **settings):
+    """The uncompiled model of task `name`, its pretraining stages skipped.
+
+    For trying a family outside the trainer: `build_model("capsnet",
+    pad_to=40)` is the model `--model=capsnet --pad_to=40` trains.
+
+    Args:
+        name: a registered task name.
+        seed: seeds the initializers where the family uses one.
+        **settings: fields of the task's `Settings`; the rest keep their
+            defaults.
+    """
+    task_class = get_task(name)
+    return task_class(task_class.Settings(**settings), seed=seed).build_model({})

@@ -1,0 +1,55 @@
+"""The base of tasks that train on MNIST: its settings and its pipelines."""
+
+import dataclasses
+
+from capskeras.data import mnist
+from capskeras.settings import MODEL
+from capskeras.settings import at_least
+from capskeras.settings import setting
+from capskeras.tasks.base import Task
+
+
+def _pad_to_accepts(value):
+    return value == 0 or value >= mnist.IMAGE_SHAPE[0]
+
+
+class MnistTask(Task):
+    """A task on MNIST digits, optionally padded and shifted (affNIST protocol)."""
+
+    @dataclasses.dataclass
+    class Settings(Task.Settings):
+        translate_pixels: int = setting(
+            0, "Random shift of training images, up to N pixels each way.", check=at_least(0)
+        )
+        pad_to: int = setting(
+            0, "Centre digits on a black canvas of this side (40 for affNIST); 0 for none.",
+            check=(_pad_to_accepts, "0 or an int >= 28"), resume=MODEL,
+        )
+
+    def image_shape(self):
+        side = self.settings.pad_to
+        return (side, side, 1) if side else mnist.IMAGE_SHAPE
+
+    def check_data(self, options):
+        mnist.prepared_builder("mnist", data_dir=options.data_dir, download=options.download)
+
+    def num_examples(self, split, options):
+        builder = mnist.prepared_builder(
+            "mnist", data_dir=options.data_dir, download=options.download
+        )
+        size = builder.info.splits[split].num_examples
+        return min(size, options.num_examples or size)
+
+    def images(self, split, options, shuffle):
+        training = split == "train"
+        return mnist.load_mnist(
+            split,
+            batch_size=options.batch_size,
+            data_dir=options.data_dir,
+            download=options.download,
+            num_examples=options.num_examples,
+            shuffle=shuffle,
+            seed=options.seed,
+            translate_pixels=self.settings.translate_pixels if training else 0,
+            pad_to=self.settings.pad_to or None,
+        )

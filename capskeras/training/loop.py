@@ -1,0 +1,231 @@
+"""The training loop: distributed steps, exact checkpoints and resume.
+
+Keras 3's `fit` cannot run `MultiWorkerMirroredStrategy` across workers
+(keras-team/keras#20585) and its `BackupAndRestore` does not save the input
+pipeline's position, so the trainer runs its own loop on the same pieces:
+the model's own `train_step` under `strategy.run` (Keras scales the loss per
+replica and the optimizer all-reduces the gradients), Keras callbacks for
+progress and TensorBoard, and `tf.train.CheckpointManager` over every
+weight of the model (trainable or not), the optimizer, the seed generators,
+the step counters and the `tf.data` iterator itself. A resumed run therefore continues with the same examples
+in the same order with the same random shifts: its weights equal an
+uninterrupted run's (bit for bit under `--deterministic`).
+
+Input is sharded by rows of the global batch: every worker reads the same
+pipeline (same seed, same order) and keeps its own slice of each global
+batch, which it splits among its local replicas. The union of the replicas'
+batches is then exactly the global batch a single worker would see, so a
+run's result does not depend on the cluster's shape beyond float rounding.
+(`tf.distribute`'s own distributed iterators cannot be checkpointed.)
+With several replicas the last partial batch of an epoch is dropped, so
+that no replica gets an empty one.
+
+Checkpoints are written at the end of every epoch and every
+`checkpoint_every_steps` steps. Under several workers every worker writes
+one (its iterator's position is its own): the chief into `directory`,
+worker i into `directory/worker-i`.
+"""
+
+import json
+import math
+import os
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from capskeras.files import write_text_atomically
+
+HISTORY_FILE = "history.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs, directory,
+                checkpoint_every_steps=0, keep=3, worker_id=0, restore_input=True,
+                callbacks=(), verbose=0, jit_compile=False):
+    """Trains a compiled `model` on `dataset` for `epochs`, resuming from `directory`.
+
+    Args:
+        model: a compiled Keras model, built under `strategy.scope()`.
+        dataset: a finite batched `tf.data.Dataset` of one epoch of
+            `(inputs, targets)`, the global batch size per element.
+        strategy: the `tf.distribute` strategy the model was built under.
+        batch_size: the global batch size of `dataset`, a multiple of the
+            number of replicas.
+        steps_per_epoch: batches in one epoch of `dataset`.
+        epochs: train until this many epochs are done.
+        directory: the checkpoint directory of this stage.
+        checkpoint_every_steps: also save every N steps; 0 for epoch ends only.
+        keep: checkpoints kept.
+        worker_id: this worker's index; 0 writes `directory` itself.
+        restore_input: restore the input position; False when the input
+            pipeline changed since the checkpoint (it then restarts).
+        callbacks: Keras callbacks (`on_epoch_*`, `on_train_batch_end`, ...).
+        verbose: 0 silent, 1 progress bar, 2 a line per epoch.
+        jit_compile: compile the per-replica step with XLA.
+
+    Returns:
+        A dict: `epochs`, `resumed_from` (`{"epoch", "step"}` or None) and
+        `history` (one record of metrics per epoch).
+
+    Raises:
+        NonFiniteLossError: the loss became non-finite; nothing was saved
+            after the last finite step.
+    """
+    if worker_id:
+        directory = os.path.join(directory, f"worker-{worker_id}")
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+    iterator = iter(_worker_batches(dataset, strategy, batch_size, worker_id).repeat())
+    state = dict(weights=_weights_by_name(model), optimizer=model.optimizer,
+                 seeds=_seed_states(model), epoch=epoch, step=step)
+    checkpoint = tf.train.Checkpoint(**state, input=iterator)
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
+    history = _read_history(directory)
+    resumed_from = None
+    if manager.latest_checkpoint:
+        if restore_input:
+            checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        else:
+            tf.train.Checkpoint(**state).restore(manager.latest_checkpoint).expect_partial()
+        resumed_from = {"epoch": int(epoch.numpy()), "step": int(step.numpy())}
+        history = [record for record in history if record["epoch"] <= resumed_from["epoch"]]
+        logging.info("Resuming %s from epoch %d, step %d of %d (%s)", model.name,
+                     resumed_from["epoch"], resumed_from["step"], steps_per_epoch,
+                     manager.latest_checkpoint)
+
+    train_step = _train_function(model, strategy, jit_compile, worker_id)
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks), add_history=False, add_progbar=verbose != 0, model=model,
+        verbose=verbose, epochs=epochs, steps=steps_per_epoch,
+    )
+
+    def save():
+        _check_finite_weights(model, int(epoch.numpy()), int(step.numpy()))
+        manager.save(checkpoint_number=int(epoch.numpy()) * steps_per_epoch + int(step.numpy()))
+
+    callback_list.on_train_begin()
+    while int(epoch.numpy()) < epochs:
+        current = int(epoch.numpy())
+        if int(step.numpy()) == 0:
+            model.reset_metrics()
+        callback_list.on_epoch_begin(current)
+        logs = {}
+        while int(step.numpy()) < steps_per_epoch:
+            batch = int(step.numpy())
+            callback_list.on_train_batch_begin(batch)
+            train_step(iterator)
+            logs = _results(model)
+            if not math.isfinite(logs.get("loss", 0.0)):
+                raise NonFiniteLossError(
+                    f"The loss became {logs['loss']} at epoch {current + 1}, step {batch + 1} "
+                    f"of {model.name}; training stopped. The last good checkpoint is kept: "
+                    f"{manager.latest_checkpoint or 'none yet'}"
+                )
+            step.assign_add(1)
+            callback_list.on_train_batch_end(batch, logs)
+            done = int(step.numpy())
+            if checkpoint_every_steps and done % checkpoint_every_steps == 0 \
+                    and done < steps_per_epoch:
+                save()
+        epoch.assign_add(1)
+        step.assign(0)
+        history.append({"epoch": current + 1, **logs})
+        callback_list.on_epoch_end(current, logs)
+        if worker_id == 0:
+            os.makedirs(directory, exist_ok=True)
+            write_text_atomically(os.path.join(directory, HISTORY_FILE),
+                                  json.dumps(history, indent=2))
+        save()
+    callback_list.on_train_end(history[-1] if history else {})
+    return {"epochs": int(epoch.numpy()), "resumed_from": resumed_from, "history": history}
+
+
+def replicas_per_worker(strategy):
+    """`(workers, local replicas)` of `strategy`."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    workers = max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
+    return workers, strategy.num_replicas_in_sync // workers
+
+
+def _worker_batches(dataset, strategy, batch_size, worker_id):
+    """This worker's rows of every full global batch of `dataset`."""
+    if strategy.num_replicas_in_sync == 1:
+        return dataset
+    workers, _ = replicas_per_worker(strategy)
+    size = batch_size // workers
+
+    def full(*batch):
+        return tf.shape(tf.nest.flatten(batch)[0])[0] == batch_size
+
+    def rows(*batch):
+        return tf.nest.map_structure(lambda t: t[worker_id * size:(worker_id + 1) * size], batch)
+
+    return dataset.filter(full).map(rows)
+
+
+def _train_function(model, strategy, jit_compile, worker_id):
+    replica_step = model.train_step
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+    replicas = strategy.num_replicas_in_sync
+    _, local_replicas = replicas_per_worker(strategy)
+    first_local = worker_id * local_replicas
+
+    @tf.function
+    def train_step(iterator):
+        batch = next(iterator)
+        if replicas == 1:
+            strategy.run(replica_step, args=(batch,))
+            return
+        size = tf.shape(tf.nest.flatten(batch)[0])[0] // local_replicas
+
+        def replica_rows(context):
+            local = context.replica_id_in_sync_group - first_local
+            return tf.nest.map_structure(lambda t: t[local * size:(local + 1) * size], batch)
+
+        per_replica = strategy.experimental_distribute_values_from_function(replica_rows)
+        strategy.run(replica_step, args=(per_replica,))
+
+    return train_step
+
+
+def _results(model):
+    """The model's running metrics as floats (reduced over replicas)."""
+    return {name: float(value) for name, value in model.get_metrics_result().items()}
+
+
+def _weights_by_name(model):
+    """Every weight of `model`, trainable or not, under its position and path."""
+    return {f"{index:04d}.{weight.path.replace('/', '.')}": weight
+            for index, weight in enumerate(model.weights)}
+
+
+def _seed_states(model):
+    """The state variables of the model's random seed generators (dropout)."""
+    return {variable.path.replace("/", "."): variable for variable in model.variables
+            if variable.path.endswith("seed_generator_state")}
+
+
+def _check_finite_weights(model, epoch, step):
+    for variable in model.trainable_variables:
+        if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable.value))):
+            raise NonFiniteLossError(
+                f"Weight {variable.path} became non-finite at epoch {epoch + 1}, step {step} "
+                f"of {model.name}; training stopped before saving it"
+            )
+
+
+def _read_history(directory):
+    path = os.path.join(directory, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
