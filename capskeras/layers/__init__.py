@@ -8,7 +8,9 @@ from capskeras.layers.group_batch_normalization import GroupBatchNormalization
 from capskeras.layers.group_conv2d import GroupConv2D
 from capskeras.layers.group_pooling import GroupPooling
 from capskeras.layers.k_sparse import KSparse
+from capskeras.layers.pred_caps import PredCapsLayer
 from capskeras.layers.primary_capsules import PrimaryCapsules
+from capskeras.layers.rank_mask import RankMask
 from capskeras.layers.stop_gradient import StopGradient
 
 # Every capskeras model imports these layers, and by now Keras has started

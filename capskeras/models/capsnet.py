@@ -32,6 +32,20 @@ def capsule_encoder(image_shape=(28, 28, 1), num_classes=10, routing_iterations=
     return keras.Sequential(layers, name=name)
 
 
+def capsule_decoder(code_dim, image_shape, name="decoder"):
+    """CapsNet's reconstruction decoder: dense 512 ReLU -> 1024 ReLU -> pixels, sigmoid."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(code_dim,)),
+            keras.layers.Dense(512, activation="relu", name="dense_1"),
+            keras.layers.Dense(1024, activation="relu", name="dense_2"),
+            keras.layers.Dense(math.prod(image_shape), activation="sigmoid", name="pixels"),
+            keras.layers.Reshape(tuple(image_shape), name="image"),
+        ],
+        name=name,
+    )
+
+
 @keras.saving.register_keras_serializable(package="capskeras")
 class CapsNet(keras.Model):
     """CapsNet with its reconstruction decoder.
@@ -79,17 +93,7 @@ class CapsNet(keras.Model):
         self.encoder = capsule_encoder(self.image_shape, self.num_classes, self.routing_iterations)
         self.lengths = CapsuleLength(name="lengths")
         self.mask = CapsuleMask(name="mask")
-        self.decoder = keras.Sequential(
-            [
-                keras.Input(shape=(self.num_classes * 16,)),
-                keras.layers.Dense(512, activation="relu", name="dense_1"),
-                keras.layers.Dense(1024, activation="relu", name="dense_2"),
-                keras.layers.Dense(math.prod(self.image_shape), activation="sigmoid",
-                                   name="pixels"),
-                keras.layers.Reshape(self.image_shape, name="image"),
-            ],
-            name="decoder",
-        )
+        self.decoder = capsule_decoder(self.num_classes * 16, self.image_shape)
 
     def build(self, input_shape):
         # Both parts are built by their Input layers; nothing else holds state.

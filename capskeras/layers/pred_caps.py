@@ -1,0 +1,376 @@
+"""PredCapsLayer: convolutional capsules selected by self-prediction."""
+
+import keras
+from keras import ops
+
+from capskeras.checks import check_positive_int
+
+_NORMALIZATIONS = ("unit_total", "layer_norm")
+_SELECTIONS = ("capsule", "unit")
+_PADDINGS = ("same", "valid")
+_EPSILON = 1e-12  # inside the float32 norms; sqrt(eps) is far below any drive
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+class PredCapsLayer(keras.layers.Layer):
+    """Convolutional capsules with group top-k selection, competition and feedback.
+
+    At every output position the layer holds `capsules` capsules of
+    `capsule_dim` dimensions. Its only nonlinearities are the selection of
+    whole capsules (sparsity by group) and the scaling of the winners to a
+    unit total (competition). Which capsules win is decided by their
+    feed-forward drive together with a prediction of the layer's output
+    made by the layer above (consensus by self-prediction).
+
+    With `x` the input, `c` a capsule at one output position and `p` the
+    optional feedback (the layer above's decoding of its own output,
+    `p_l = dec_{l+1}(y_{l+1})`, shaped like this layer's output):
+
+    1. Drive: `z = conv(x, W) + b`, a Conv2D with `kernel_size` and
+       `strides`, split into capsules `z_c` of `capsule_dim` units.
+    2. Score: `s_c = |z_c| * (1 + w * cos(z_c, p_c) * |p_c| / max_c' |p_c'|)`
+       `    = |z_c| + w * <z_c, p_c> / max_c' |p_c'|`.
+       The first term is the capsule's evidence from below. The second is
+       the drive projected on the predicted direction, weighted by how
+       strongly the prediction names this capsule relative to the others
+       at the position; dividing by the position's largest prediction makes
+       the score independent of the feedback's overall scale, and with
+       `0 <= w <= 1` the score stays `>= 0`, between `(1 - w) |z_c|`
+       (prediction opposed) and `(1 + w) |z_c|` (prediction confirmed).
+       Without feedback `s_c = |z_c|`.
+    3. Lifetime sparsity by boosting: `f_c` tracks how often capsule `c`
+       wins (exponential moving average over training batches and
+       positions, decay `frequency_decay`); ranking uses
+       `s_c * beta_c` with `beta_c = exp(boost_strength * (t - f_c) / t)`,
+       `t = k / capsules` the fair share, so a capsule that wins too
+       rarely is boosted until it wins. Boosting only ranks; it never
+       scales an output.
+    4. Group top-k: the `k` capsules with the largest boosted scores win at
+       each position (exactly `k`, ties broken by index); every unit of the
+       other capsules is zero. At inference `inference_k` capsules win.
+    5. Competition, `normalization="unit_total"`:
+       `y_c = m_c z_c / sum_c' m_c' |z_c'|`, so the norms of the capsules
+       at a position sum to 1: one capsule grows only at the others'
+       expense. `normalization="layer_norm"` (ablation) instead
+       standardises the drive over the position's units (zero mean, unit
+       variance, no learned scale) before masking: `y = m * LN(z)`.
+    6. Decoder: `dec(y) = conv_transpose(y, V) + a`, the adjoint geometry of
+       the convolution, cropped to the input's size, maps the output back
+       to the input space. The layer's local loss is the reconstruction
+       error `|stop_gradient(x) - dec(y)|^2` (see `reconstruction_loss`),
+       and the layer below's feedback is `dec(y)`.
+
+    `selection="unit"` (ablation) drops the groups: every unit is its own
+    group of one, and `k` counts units.
+
+    Norms and scores are computed in `float32` under mixed precision; the
+    output is cast back to the compute dtype.
+
+    Args:
+        capsules: int >= 1, capsules per position.
+        capsule_dim: int >= 1, units per capsule.
+        kernel_size: int or pair, the convolution's kernel.
+        strides: int or pair, the convolution's strides.
+        k: int >= 1, winners per position in training: capsules, or units
+            with `selection="unit"`.
+        inference_k: int >= 1 or None (the default: `k`), winners per
+            position at inference.
+        padding: `"same"` (default) or `"valid"`, as in Conv2D.
+        feedback_weight: float in [0, 1], `w` above. Defaults to `1.0`.
+        normalization: `"unit_total"` (default) or `"layer_norm"`.
+        selection: `"capsule"` (default) or `"unit"`.
+        boost_strength: float >= 0, 0 disables boosting. Defaults to `3.0`.
+        frequency_decay: float in [0, 1), decay of the win-frequency average.
+        kernel_initializer: Initializer of the convolution kernel `W`.
+        bias_initializer: Initializer of the drive's bias `b`; defaults to
+            a normal of stddev 0.01, so that on a silent input (a blank
+            patch, `z = b`) the capsules are not tied and their unit total
+            is defined.
+        decoder_initializer: Initializer of the decoder kernel `V`.
+        **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `(batch, H, W, channels)` tensor.
+        feedback: Optional tensor shaped like the output, the prediction of
+            this layer's output from the layer above.
+        training: Python bool: `k` or `inference_k` winners, and whether the
+            win frequencies are updated.
+        update_frequency: Python bool (default `True`), lets a caller that
+            runs the layer several times per step count only the last pass.
+
+    Input shape:
+        `(batch, H, W, channels)` with `H`, `W` and `channels` known.
+
+    Output shape:
+        `(batch, H', W', capsules * capsule_dim)`, `H'`, `W'` as a Conv2D
+        with the same kernel, strides and padding; capsule `c` is the
+        channels `c * capsule_dim ... (c + 1) * capsule_dim - 1`.
+
+    Weights:
+        `kernel` `(kh, kw, channels, capsules * capsule_dim)`, `bias`;
+        `decoder_kernel` `(kh, kw, channels, capsules * capsule_dim)` and
+        `decoder_bias` `(channels,)`; non-trainable `win_frequency` with one
+        entry per group (capsule, or unit).
+
+    Example:
+
+    >>> layer = PredCapsLayer(capsules=4, capsule_dim=2, kernel_size=3, strides=2, k=1)
+    >>> x = keras.random.uniform((2, 8, 8, 1), seed=0)
+    >>> y = layer(x, training=True)
+    >>> y.shape
+    (2, 4, 4, 8)
+    >>> layer.decode(y).shape
+    (2, 8, 8, 1)
+
+    Reference:
+        Rawlinson, Ahmed and Kowadlo, "Sparse Unsupervised Capsules
+        Generalize Better", 2018; the equivariance study's PredCaps
+        description (homogeneous layers, local learning, self-prediction
+        instead of routing, sparsity and unit-total scaling only).
+    """
+
+    def __init__(
+        self,
+        capsules,
+        capsule_dim,
+        kernel_size,
+        strides=1,
+        k=1,
+        inference_k=None,
+        padding="same",
+        feedback_weight=1.0,
+        normalization="unit_total",
+        selection="capsule",
+        boost_strength=3.0,
+        frequency_decay=0.99,
+        kernel_initializer="glorot_uniform",
+        bias_initializer=None,
+        decoder_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_positive_int("capsules", capsules)
+        check_positive_int("capsule_dim", capsule_dim)
+        check_positive_int("k", k)
+        if inference_k is not None:
+            check_positive_int("inference_k", inference_k)
+        self.capsules = capsules
+        self.capsule_dim = capsule_dim
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.strides = _pair("strides", strides)
+        self.k = k
+        self.inference_k = inference_k
+        if padding not in _PADDINGS:
+            raise ValueError(f"Received: padding={padding!r}; expected one of {list(_PADDINGS)}")
+        self.padding = padding
+        if not 0.0 <= feedback_weight <= 1.0:
+            raise ValueError(
+                f"Received: feedback_weight={feedback_weight!r}; expected a float in [0, 1]"
+            )
+        self.feedback_weight = float(feedback_weight)
+        if normalization not in _NORMALIZATIONS:
+            raise ValueError(
+                f"Received: normalization={normalization!r}; expected one of "
+                f"{list(_NORMALIZATIONS)}"
+            )
+        self.normalization = normalization
+        if selection not in _SELECTIONS:
+            raise ValueError(
+                f"Received: selection={selection!r}; expected one of {list(_SELECTIONS)}"
+            )
+        self.selection = selection
+        if not boost_strength >= 0.0:
+            raise ValueError(
+                f"Received: boost_strength={boost_strength!r}; expected a float >= 0"
+            )
+        self.boost_strength = float(boost_strength)
+        if not 0.0 <= frequency_decay < 1.0:
+            raise ValueError(
+                f"Received: frequency_decay={frequency_decay!r}; expected a float in [0, 1)"
+            )
+        self.frequency_decay = float(frequency_decay)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(
+            bias_initializer or keras.initializers.RandomNormal(stddev=0.01)
+        )
+        self.decoder_initializer = keras.initializers.get(decoder_initializer)
+        self.units = capsules * capsule_dim
+        # Selection groups: whole capsules, or single units.
+        if selection == "capsule":
+            self.groups, self.group_dim = capsules, capsule_dim
+        else:
+            self.groups, self.group_dim = self.units, 1
+        for name, value in (("k", k), ("inference_k", inference_k)):
+            if value is not None and value > self.groups:
+                raise ValueError(
+                    f"Received: {name}={value} with {self.groups} {selection}s per "
+                    f"position; expected 1 <= {name} <= {self.groups}"
+                )
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or any(dim is None for dim in input_shape[1:]):
+            raise ValueError(
+                "PredCapsLayer expects (batch, H, W, channels) inputs with H, W and "
+                f"channels known. Received: input_shape={tuple(input_shape)}"
+            )
+        self.input_spatial = tuple(int(dim) for dim in input_shape[1:3])
+        channels = int(input_shape[-1])
+        kernel_shape = self.kernel_size + (channels, self.units)
+        self.kernel = self.add_weight(
+            name="kernel", shape=kernel_shape, initializer=self.kernel_initializer
+        )
+        self.bias = self.add_weight(
+            name="bias", shape=(self.units,), initializer=self.bias_initializer
+        )
+        self.decoder_kernel = self.add_weight(
+            name="decoder_kernel", shape=kernel_shape, initializer=self.decoder_initializer
+        )
+        self.decoder_bias = self.add_weight(
+            name="decoder_bias", shape=(channels,), initializer="zeros"
+        )
+        self.win_frequency = self.add_weight(
+            name="win_frequency",
+            shape=(self.groups,),
+            initializer=keras.initializers.Constant(self.k / self.groups),
+            trainable=False,
+            dtype="float32",
+            autocast=False,
+        )
+
+    # ------------------------------------------------------------ forward
+
+    def drive(self, inputs):
+        """The feed-forward drive `z = conv(x) + b`, `(batch, H', W', units)`."""
+        dtype = self.compute_dtype
+        kernel, bias = ops.cast(self.kernel, dtype), ops.cast(self.bias, dtype)
+        z = ops.conv(ops.cast(inputs, dtype), kernel, strides=self.strides, padding=self.padding)
+        return z + bias
+
+    def call(self, inputs, feedback=None, training=False, update_frequency=True):
+        z = self.drive(inputs)
+        groups = self._groups(ops.cast(z, "float32"))  # (B, H', W', G, Dg)
+        norms = ops.sqrt(ops.sum(ops.square(groups), axis=-1) + _EPSILON)
+        scores = norms
+        if feedback is not None and self.feedback_weight > 0.0:
+            predicted = self._groups(ops.cast(feedback, "float32"))
+            predicted_norms = ops.sqrt(ops.sum(ops.square(predicted), axis=-1) + _EPSILON)
+            largest = ops.max(predicted_norms, axis=-1, keepdims=True)
+            agreement = ops.sum(groups * predicted, axis=-1) / largest
+            scores = norms + self.feedback_weight * agreement
+        scores = ops.stop_gradient(scores)
+        if self.boost_strength > 0.0:
+            target = self.k / self.groups
+            boost = ops.exp(
+                self.boost_strength * (target - self.win_frequency.value) / target
+            )
+            scores = scores * boost
+        k = self.k if training or self.inference_k is None else self.inference_k
+        _, winners = ops.top_k(scores, k, sorted=False)
+        mask = ops.stop_gradient(
+            ops.sum(ops.one_hot(winners, self.groups, dtype="float32"), axis=-2)
+        )  # (B, H', W', G), exactly k ones
+        if training and update_frequency:
+            wins = ops.mean(mask, axis=(0, 1, 2))
+            self.win_frequency.assign(
+                self.frequency_decay * self.win_frequency.value
+                + (1.0 - self.frequency_decay) * wins
+            )
+        if self.normalization == "unit_total":
+            total = ops.sum(mask * norms, axis=-1, keepdims=True)
+            outputs = groups * ops.expand_dims(mask / total, -1)
+        else:
+            units = ops.reshape(groups, ops.shape(z))
+            mean = ops.mean(units, axis=-1, keepdims=True)
+            variance = ops.var(units, axis=-1, keepdims=True)
+            standardized = self._groups((units - mean) / ops.sqrt(variance + 1e-3))
+            outputs = standardized * ops.expand_dims(mask, -1)
+        return ops.cast(ops.reshape(outputs, ops.shape(z)), self.compute_dtype)
+
+    def decode(self, outputs):
+        """Maps outputs `(batch, H', W', units)` back to the input space `(batch, H, W, channels)`."""
+        dtype = self.compute_dtype
+        full = ops.conv_transpose(
+            ops.cast(outputs, dtype), ops.cast(self.decoder_kernel, dtype),
+            strides=self.strides, padding="valid",
+        )
+        rows = self._crop(1, self.input_spatial[0], full)
+        cols = self._crop(2, self.input_spatial[1], full)
+        full = ops.pad(full, ((0, 0), (0, rows[2]), (0, cols[2]), (0, 0)))
+        cropped = full[:, rows[0] : rows[1], cols[0] : cols[1], :]
+        return cropped + ops.cast(self.decoder_bias, dtype)
+
+    def reconstruction_loss(self, inputs, outputs):
+        """Mean squared error of `decode(outputs)` against `stop_gradient(inputs)`.
+
+        Gradients reach only this layer's weights through `outputs` and the
+        decoder; the input is a constant, so no gradient crosses layers.
+        """
+        target = ops.cast(ops.stop_gradient(inputs), "float32")
+        return ops.mean(ops.square(ops.cast(self.decode(outputs), "float32") - target))
+
+    # ------------------------------------------------------------ helpers
+
+    def _groups(self, tensor):
+        shape = ops.shape(tensor)
+        return ops.reshape(tensor, (shape[0], shape[1], shape[2], self.groups, self.group_dim))
+
+    def _crop(self, axis, size, full):
+        """(start, stop, pad_after) recovering the input rows of a "valid" transpose."""
+        kernel, stride = self.kernel_size[axis - 1], self.strides[axis - 1]
+        out = self._output_size(size, kernel, stride)
+        if self.padding == "same":
+            start = max((out - 1) * stride + kernel - size, 0) // 2
+        else:
+            start = 0
+        length = (out - 1) * stride + kernel
+        return start, start + size, max(start + size - length, 0)
+
+    def _output_size(self, size, kernel, stride):
+        if size is None:
+            return None
+        if self.padding == "same":
+            return -(-size // stride)
+        return (size - kernel) // stride + 1
+
+    def compute_output_shape(self, input_shape):
+        return (
+            input_shape[0],
+            self._output_size(input_shape[1], self.kernel_size[0], self.strides[0]),
+            self._output_size(input_shape[2], self.kernel_size[1], self.strides[1]),
+            self.units,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "capsules": self.capsules,
+                "capsule_dim": self.capsule_dim,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "k": self.k,
+                "inference_k": self.inference_k,
+                "padding": self.padding,
+                "feedback_weight": self.feedback_weight,
+                "normalization": self.normalization,
+                "selection": self.selection,
+                "boost_strength": self.boost_strength,
+                "frequency_decay": self.frequency_decay,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "decoder_initializer": keras.initializers.serialize(self.decoder_initializer),
+            }
+        )
+        return config
+
+
+def _pair(name, value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    ):
+        raise ValueError(f"Received: {name}={value!r}; expected an int >= 1 or a pair of them")
+    return value
+

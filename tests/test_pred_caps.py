@@ -1,0 +1,261 @@
+"""Tests for PredCapsLayer: selection, competition, feedback, boosting, decoder."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from capskeras.layers import PredCapsLayer
+from capskeras.testing import assert_keras_round_trip
+from capskeras.testing import assert_saved_model_round_trip
+
+C, D = 5, 3
+
+
+def _x(shape=(3, 9, 9, 2), seed=0):
+    return np.random.default_rng(seed).uniform(size=shape).astype("float32")
+
+
+def _np(tensor):
+    return ops.convert_to_numpy(tensor)
+
+
+def _capsule_norms(outputs, dim=D):
+    outputs = _np(outputs).astype("float32")
+    return np.linalg.norm(outputs.reshape(outputs.shape[:3] + (-1, dim)), axis=-1)
+
+
+def _layer(**kwargs):
+    args = dict(capsules=C, capsule_dim=D, kernel_size=3, strides=2, k=2)
+    args.update(kwargs)
+    return PredCapsLayer(**args)
+
+
+def _reference(layer, x, feedback=None, k=None):
+    """The layer's selection and scaling, written directly in NumPy."""
+    if not layer.built:
+        layer.build(x.shape)
+    z = _np(layer.drive(x)).astype("float64")
+    groups = z.reshape(z.shape[:3] + (layer.groups, layer.group_dim))
+    norms = np.sqrt((groups**2).sum(-1) + 1e-12)
+    scores = norms
+    if feedback is not None:
+        p = feedback.reshape(groups.shape).astype("float64")
+        largest = np.sqrt((p**2).sum(-1) + 1e-12).max(-1, keepdims=True)
+        scores = norms + layer.feedback_weight * (groups * p).sum(-1) / largest
+    target = layer.k / layer.groups
+    boost = np.exp(layer.boost_strength * (target - _np(layer.win_frequency)) / target)
+    scores = scores * boost
+    k = k or layer.k
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    mask = np.zeros(scores.shape)
+    np.put_along_axis(mask, order, 1.0, axis=-1)
+    outputs = groups * (mask / (mask * norms).sum(-1, keepdims=True))[..., None]
+    return outputs.reshape(z.shape), mask
+
+
+def test_exactly_k_capsules_win_and_their_norms_sum_to_one():
+    layer = _layer(k=2, inference_k=3)
+    x = _x()
+    for training, k in ((True, 2), (False, 3)):
+        norms = _capsule_norms(layer(x, training=training))
+        assert norms.shape == (3, 5, 5, C)
+        np.testing.assert_array_equal((norms > 0).sum(-1), k)
+        np.testing.assert_allclose(norms.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_matches_numpy_reference_with_and_without_feedback():
+    layer = _layer(k=2, boost_strength=0.0)
+    x = _x()
+    feedback = np.random.default_rng(1).normal(size=(3, 5, 5, C * D)).astype("float32")
+    expected, mask_plain = _reference(layer, x)
+    np.testing.assert_allclose(_np(layer(x, training=True)), expected, rtol=1e-5, atol=1e-6)
+    expected, mask_feedback = _reference(layer, x, feedback)
+    actual = _np(layer(x, feedback=feedback, training=True))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    # The feedback changed which capsules won somewhere, and only the selection.
+    assert (mask_plain != mask_feedback).any()
+
+
+def test_feedback_confirming_a_loser_makes_it_win():
+    layer = _layer(k=1, boost_strength=0.0)
+    x = _x()
+    layer.build(x.shape)
+    z = _np(layer.drive(x)).reshape(3, 5, 5, C, D)
+    norms = np.linalg.norm(z, axis=-1)
+    runner_up = np.argsort(-norms, axis=-1)[..., 1]
+    # Predict exactly the runner-up's drive, scaled up: its score doubles.
+    feedback = np.zeros_like(z)
+    np.put_along_axis(
+        feedback, runner_up[..., None, None],
+        10 * np.take_along_axis(z, runner_up[..., None, None], axis=-2), axis=-2,
+    )
+    first, second = -np.sort(-norms, axis=-1)[..., :2].transpose(3, 0, 1, 2)
+    should_switch = 2 * second > first
+    assert should_switch.any()
+    winners = _capsule_norms(layer(x, feedback=feedback.reshape(3, 5, 5, -1))).argmax(-1)
+    np.testing.assert_array_equal(winners[should_switch], runner_up[should_switch])
+
+
+def test_boosting_lets_a_starved_capsule_win_and_frequencies_track_wins():
+    layer = _layer(k=1, frequency_decay=0.5)
+    x = _x()
+    plain = _capsule_norms(layer(x)).argmax(-1)
+    rarest = np.bincount(plain.ravel(), minlength=C).argmin()
+    frequency = np.full(C, 0.25, "float32")
+    frequency[rarest] = 0.0  # never won: boost e^3 against e^0.75 for the rest
+    layer.win_frequency.assign(frequency)
+    boosted = _capsule_norms(layer(x)).argmax(-1)
+    assert (boosted == rarest).mean() > (plain == rarest).mean()
+    # Inference leaves the statistics alone; training moves them halfway.
+    np.testing.assert_array_equal(_np(layer.win_frequency), frequency)
+    wins = _capsule_norms(layer(x, training=True)) > 0
+    np.testing.assert_allclose(
+        _np(layer.win_frequency), 0.5 * frequency + 0.5 * wins.mean((0, 1, 2)), rtol=1e-6
+    )
+    layer(x, training=True, update_frequency=False)
+    np.testing.assert_allclose(
+        _np(layer.win_frequency), 0.5 * frequency + 0.5 * wins.mean((0, 1, 2)), rtol=1e-6
+    )
+
+
+def test_unit_selection_keeps_k_units_with_unit_total():
+    layer = _layer(selection="unit", k=4)
+    out = _np(layer(_x(), training=True))
+    assert layer.win_frequency.shape == (C * D,)
+    np.testing.assert_array_equal((out != 0).sum(-1), 4)
+    np.testing.assert_allclose(np.abs(out).sum(-1), 1.0, rtol=1e-5)
+    # Units of one capsule are not selected together.
+    active = (np.abs(out.reshape(-1, C, D)) > 0).sum(-1)
+    assert (active % D != 0).any()
+
+
+def test_layer_norm_standardizes_the_drive_before_masking():
+    layer = _layer(normalization="layer_norm", k=2)
+    x = _x()
+    out = _np(layer(x, training=True))
+    z = _np(layer.drive(x)).astype("float64")
+    standardized = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-3)
+    norms = _capsule_norms(out)
+    np.testing.assert_array_equal((norms > 0).sum(-1), 2)
+    mask = np.repeat(norms > 0, D, axis=-1)
+    np.testing.assert_allclose(out, standardized * mask, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(norms.sum(-1), 1.0)
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding",
+    [(28, 6, 3, "same"), (10, 5, 2, "same"), (5, 5, 5, "same"), (9, 3, 2, "valid"),
+     (10, 3, 2, "valid"), (7, 2, 3, "same")],
+)
+def test_decoder_is_the_adjoint_geometry_of_the_convolution(size, kernel, stride, padding):
+    layer = PredCapsLayer(2, 2, kernel, stride, k=1, padding=padding)
+    x = _x((2, size, size, 3))
+    layer.build(x.shape)
+    layer.decoder_kernel.assign(layer.kernel)
+    y = np.random.default_rng(2).normal(size=layer.compute_output_shape(x.shape)).astype("float32")
+    drive = _np(layer.drive(x)) - _np(layer.bias)
+    decoded = _np(layer.decode(y)) - _np(layer.decoder_bias)
+    assert decoded.shape == x.shape
+    # <conv(x), y> == <x, conv^T(y)> exactly when the crop is right.
+    np.testing.assert_allclose((drive * y).sum(), (x * decoded).sum(), rtol=1e-4)
+
+
+def test_local_loss_holds_its_target_constant():
+    layer = _layer()
+    x = tf.constant(_x())
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        outputs = layer(tf.stop_gradient(x), training=True)
+        loss = layer.reconstruction_loss(x, outputs)
+    # The target x gets no gradient; the layer's four weights all do.
+    assert tape.gradient(loss, x) is None
+    for weight in (layer.kernel, layer.bias, layer.decoder_kernel, layer.decoder_bias):
+        assert np.abs(tape.gradient(loss, weight).numpy()).max() > 0, weight.path
+
+
+def test_output_shape_and_symbolic_call_with_feedback():
+    layer = _layer()
+    x = _x((2, 9, 7, 2))
+    assert tuple(layer(x).shape) == layer.compute_output_shape(x.shape) == (2, 5, 4, C * D)
+    out = layer(keras.Input((9, 7, 2)), feedback=keras.Input((5, 4, C * D)))
+    assert out.shape == (None, 5, 4, C * D)
+    assert layer.compute_output_shape((None, 9, 7, 2)) == (None, 5, 4, C * D)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"capsules": 0}, "capsules=0"),
+        ({"capsule_dim": 1.5}, "capsule_dim=1.5"),
+        ({"k": 0}, "k=0"),
+        ({"k": 6}, "k=6"),
+        ({"inference_k": 7}, "inference_k=7"),
+        ({"kernel_size": 0}, "kernel_size="),
+        ({"padding": "causal"}, "padding='causal'"),
+        ({"feedback_weight": 1.5}, "feedback_weight=1.5"),
+        ({"normalization": "batch"}, "normalization='batch'"),
+        ({"selection": "group"}, "selection='group'"),
+        ({"boost_strength": -1.0}, "boost_strength=-1.0"),
+        ({"frequency_decay": 1.0}, "frequency_decay=1.0"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        _layer(**kwargs)
+
+
+def test_undefined_spatial_dimensions_raise():
+    with pytest.raises(ValueError, match="H, W and channels known"):
+        _layer().build((None, None, 8, 1))
+
+
+def _model():
+    return keras.Sequential(
+        [keras.Input((9, 9, 2)), _layer(k=2, inference_k=3, name="pred_caps"),
+         keras.layers.Flatten()]
+    )
+
+
+def test_config_and_keras_round_trip():
+    layer = _layer(normalization="layer_norm", selection="unit", k=4, name="pc")
+    clone = PredCapsLayer.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert keras.saving.get_registered_name(PredCapsLayer) == "capskeras>PredCapsLayer"
+    model = _model()
+    model.get_layer("pred_caps").win_frequency.assign(np.linspace(0, 1, C).astype("float32"))
+    reloaded = assert_keras_round_trip(model, _x())
+    np.testing.assert_array_equal(
+        _np(reloaded.get_layer("pred_caps").win_frequency), np.linspace(0, 1, C)
+    )
+
+
+def test_saved_model_round_trip():
+    assert_saved_model_round_trip(_model(), _x())
+
+
+def test_trains_under_jit_compile():
+    model = _model()
+    model.add(keras.layers.Dense(2))
+    model.compile("adam", "mse", jit_compile=True)
+    before = _np(model.get_layer("pred_caps").win_frequency).copy()
+    kernel = _np(model.get_layer("pred_caps").kernel).copy()
+    model.fit(_x(), np.ones((3, 2), "float32"), epochs=2, verbose=0)
+    assert not np.array_equal(_np(model.get_layer("pred_caps").kernel), kernel)
+    assert not np.array_equal(_np(model.get_layer("pred_caps").win_frequency), before)
+
+
+def test_mixed_precision_outputs_float16():
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        layer = _layer()
+        out = layer(_x(), feedback=np.ones((3, 5, 5, C * D), "float16"), training=True)
+        assert keras.backend.standardize_dtype(out.dtype) == "float16"
+        assert keras.backend.standardize_dtype(layer.win_frequency.dtype) == "float32"
+        norms = _capsule_norms(out)
+        np.testing.assert_array_equal((norms > 0).sum(-1), 2)
+        np.testing.assert_allclose(norms.sum(-1), 1.0, rtol=2e-3)
+        assert layer.decode(out).shape == (3, 9, 9, 2)
+    finally:
+        keras.config.set_dtype_policy("float32")

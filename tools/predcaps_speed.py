@@ -1,0 +1,109 @@
+"""PredCaps' speed against the deep-BP study model, in one process, interleaved.
+
+    python tools/predcaps_speed.py --batch_size=128 --repeats=5 --steps=10
+
+Measures, on the same batch of MNIST digits and the study geometry:
+
+- training: one `PredCapsPretrainer` step (local learning,
+  `--feedback_iterations`, default 1) against one training step of the
+  deep-BP study model `enc_deep_bp_dec_recon` (encoder and head trained
+  end to end by backprop);
+- inference: the frozen PredCaps encoder under the class head against the
+  deep-BP encoder under the class head (`predict_on_batch`).
+
+Each repeat times `--steps` steps of every model in turn after a warm-up,
+so load on a shared machine falls on all of them alike; the figure is the
+median over repeats in images/s, with the ratios PredCaps / deep BP. Steps
+run as Keras compiles them by default here (no XLA), as the trainer does
+unless `--jit_compile` is given. Prints one JSON object.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import time
+
+import keras
+import numpy as np
+
+from capskeras.data import load_mnist
+from capskeras.models import ClassificationHead
+from capskeras.models import StudyModel
+from capskeras.models import build_study_model
+from capskeras.models.predcaps import PredCapsPretrainer
+from capskeras.models.predcaps import predcaps_encoder
+
+
+def _cpu():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return platform.processor()
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    vector = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    return f"{fields.get('Model name', '').strip()} ({', '.join(vector)}), " \
+           f"{fields.get('CPU(s)', '').strip()} CPUs"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--feedback_iterations", type=int, default=1)
+    parser.add_argument("--jit_compile", action="store_true")
+    args = parser.parse_args()
+    images, labels = next(iter(load_mnist("train", batch_size=args.batch_size)))
+    images, labels = images.numpy(), labels.numpy()
+
+    pretrainer = PredCapsPretrainer(
+        predcaps_encoder(seed=0, feedback_iterations=args.feedback_iterations))
+    pretrainer.compile(keras.optimizers.Adam(1e-3), jit_compile=args.jit_compile)
+    deep_bp = build_study_model("deep_bp", "recon", seed=0)
+    deep_bp.compile(keras.optimizers.Adam(1e-3), deep_bp.default_loss(),
+                    jit_compile=args.jit_compile)
+    predcaps_class = StudyModel(
+        predcaps_encoder(seed=0, feedback_iterations=args.feedback_iterations),
+        ClassificationHead(10, name="class_head"), freeze_encoder=True)
+    predcaps_class.build((None, 28, 28, 1))
+    predcaps_class.compile(jit_compile=args.jit_compile)
+    deep_bp_class = build_study_model("deep_bp", "class", seed=0)
+    deep_bp_class.compile(jit_compile=args.jit_compile)
+
+    steps = {
+        "train/predcaps_pretrain": lambda: pretrainer.train_on_batch(images),
+        "train/enc_deep_bp_dec_recon": lambda: deep_bp.train_on_batch(images, images),
+        "infer/enc_predcaps_dec_class": lambda: predcaps_class.predict_on_batch(images),
+        "infer/enc_deep_bp_dec_class": lambda: deep_bp_class.predict_on_batch(images),
+    }
+    for step in steps.values():  # trace and warm up
+        step()
+        step()
+    rates = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            rates[name].append(args.batch_size * args.steps / (time.perf_counter() - started))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print(json.dumps({
+        "cpu": _cpu(), "batch_size": args.batch_size, "steps": args.steps,
+        "repeats": args.repeats, "feedback_iterations": args.feedback_iterations,
+        "jit_compile": args.jit_compile,
+        "images_per_second": {name: round(value, 1) for name, value in medians.items()},
+        "all_repeats": {name: [round(v, 1) for v in values] for name, values in rates.items()},
+        "train_ratio_predcaps_over_deep_bp": round(
+            medians["train/predcaps_pretrain"] / medians["train/enc_deep_bp_dec_recon"], 3),
+        "infer_ratio_predcaps_over_deep_bp": round(
+            medians["infer/enc_predcaps_dec_class"] / medians["infer/enc_deep_bp_dec_class"], 3),
+        "process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
