@@ -206,7 +206,7 @@ def test_registry_names():
     assert set(HEADS) >= set(HEAD_NAMES)
     assert ENCODERS["untrained"].frozen and ENCODERS["ksparse"].frozen
     assert not ENCODERS["deep_bp"].frozen
-    assert ENCODERS["ksparse"].pretrain_as_autoencoder
+    assert ENCODERS["ksparse"].pretraining is Autoencoder
 
 
 def test_unknown_encoder_name_lists_the_accepted_ones():

@@ -1,5 +1,6 @@
 """The absl trainer on real MNIST: flagfiles, outputs, exact resume, strategies, errors."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -65,7 +66,27 @@ def test_every_experiment_has_its_flagfile():
              for head in ("recon", "class")]
     capsules = ["capsnet_mnist", "capsnet_affnist", "lenet5_mnist", "cnn_baseline_affnist"]
     groups = ["p4cnn_rotated_mnist", "z2cnn_rotated_mnist"]
-    assert FLAGFILES == sorted(study + capsules + groups + ["quickstart"])
+    predcaps = [f"enc_predcaps{ablation}_dec_{head}" for head in ("recon", "class")
+                for ablation in ("", "_layernorm", "_units", "_nofeedback")]
+    sparsecaps = ["sparsecaps_mnist", "sparsecaps_affnist"]
+    assert FLAGFILES == sorted(study + capsules + groups + predcaps + sparsecaps + ["quickstart"])
+
+
+ABLATIONS = {"layernorm": {"normalization": "layer_norm"}, "units": {"selection": "unit"},
+             "nofeedback": {"feedback_iterations": 0}}
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+@pytest.mark.parametrize("head", ["recon", "class"])
+def test_ablation_flagfiles_differ_from_predcaps_in_their_switch_alone(ablation, head):
+    base = config_from_flagfile(REPO / "flags" / f"enc_predcaps_dec_{head}.cfg")
+    variant = config_from_flagfile(REPO / "flags" / f"enc_predcaps_{ablation}_dec_{head}.cfg")
+    name = f"enc_predcaps_{ablation}_dec_{head}"
+    expected = dataclasses.replace(
+        base, experiment=name, model_dir=f"runs/{name}", export_dir=f"saved_models/{name}",
+        settings=dataclasses.replace(base.settings, **ABLATIONS[ablation]),
+    )
+    assert variant == expected
 
 
 # Rotated digits are regenerated from MNIST into a writable directory, few of them.
@@ -75,7 +96,12 @@ SMALL_DATA = {
 }
 
 
-@pytest.mark.parametrize("name", FLAGFILES)
+# The ablations train as their base PredCaps flagfile does (the test above).
+TRAINED_FLAGFILES = [name for name in FLAGFILES
+                     if not any(f"_{ablation}_" in name for ablation in ABLATIONS)]
+
+
+@pytest.mark.parametrize("name", TRAINED_FLAGFILES)
 def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
     small_data = [argument.format(tmp=tmp_path) for argument in SMALL_DATA.get(name, [])]
     config = config_from_flagfile(REPO / "flags" / f"{name}.cfg",
@@ -88,15 +114,15 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
     assert metrics["epochs"] == 1
     settings = config.settings
     study = config.model == "study"
-    classifies = not study or settings.head == "class"
-    reconstructs = config.model == "capsnet" or (study and settings.head == "recon")
+    classifies = settings.head == "class" if study else config.model != "sparsecaps"
+    reconstructs = config.model in ("capsnet", "sparsecaps") or (study and settings.head == "recon")
     if classifies:
         assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     if reconstructs:
         assert (run / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if study and settings.head == "recon":
         assert 0.0 < metrics["test"]["mse"] < 0.25
-    if study and settings.encoder == "ksparse":
+    if study and settings.encoder in ("ksparse", "predcaps"):
         assert metrics["pretrain"]["epochs"] == settings.pretrain_epochs
         assert (run / "pretrain" / "checkpoints" / "checkpoint").exists()
     assert json.loads((run / "checkpoints" / "history.json").read_text())[0]["epoch"] == 1
@@ -105,7 +131,8 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
     assert config_from_flagfile(run / "flags.cfg") == config
 
     reloaded = keras.saving.load_model(run / "model.keras")
-    assert type(reloaded).__name__ == ("StudyModel" if config.model != "capsnet" else "CapsNet")
+    assert type(reloaded).__name__ == {"capsnet": "CapsNet", "sparsecaps": "SparseCaps"}.get(
+        config.model, "StudyModel")
 
     served = tf.saved_model.load(results["export"]).signatures["serving_default"]
     side = getattr(settings, "pad_to", 0) or 28

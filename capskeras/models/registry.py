@@ -15,6 +15,8 @@ import dataclasses
 from typing import Callable
 
 from capskeras.models import capsnet
+from capskeras.models import predcaps
+from capskeras.models.autoencoder import Autoencoder
 from capskeras.models import encoders
 from capskeras.models import heads
 from capskeras.models.study import StudyModel
@@ -27,14 +29,16 @@ class EncoderSpec:
     Attributes:
         build: `build(image_shape, seed=None, **options) -> keras.Model`.
         frozen: the encoder is frozen under its heads.
-        pretrain_as_autoencoder: before the heads, the trainer trains the
-            encoder as an autoencoder with `encoders.mirror_decoder`.
+        pretraining: None, or `pretraining(encoder) -> keras.Model`, a model
+            whose training (before the heads) trains the encoder, found
+            afterwards as its `.encoder`: `Autoencoder` (the k-sparse
+            encoder) or `PredCapsPretrainer` (PredCaps' local learning).
         options: the keyword options `build` accepts beyond image_shape/seed.
     """
 
     build: Callable
     frozen: bool
-    pretrain_as_autoencoder: bool = False
+    pretraining: Callable = None
     options: tuple = ()
 
 
@@ -45,13 +49,13 @@ HEADS = {
 }
 
 
-def register_encoder(name, frozen, pretrain_as_autoencoder=False, options=()):
+def register_encoder(name, frozen, pretraining=None, options=()):
     """Decorator registering an encoder builder under `name`."""
 
     def decorate(build):
         if name in ENCODERS:
             raise ValueError(f"Received: encoder name {name!r}; it is already registered")
-        ENCODERS[name] = EncoderSpec(build, frozen, pretrain_as_autoencoder, tuple(options))
+        ENCODERS[name] = EncoderSpec(build, frozen, pretraining, tuple(options))
         return build
 
     return decorate
@@ -70,7 +74,7 @@ def deep_bp(image_shape, seed=None):
 
 
 @register_encoder(
-    "ksparse", frozen=True, pretrain_as_autoencoder=True,
+    "ksparse", frozen=True, pretraining=Autoencoder,
     options=("ksparse_k", "ksparse_alpha"),
 )
 def ksparse(image_shape, seed=None, ksparse_k=encoders.DEFAULT_KSPARSE_K, ksparse_alpha=1.0):
@@ -78,6 +82,20 @@ def ksparse(image_shape, seed=None, ksparse_k=encoders.DEFAULT_KSPARSE_K, kspars
     return encoders.conv_encoder(
         image_shape, ksparse_k=ksparse_k, ksparse_alpha=ksparse_alpha, seed=seed,
         name="ksparse_encoder",
+    )
+
+
+@register_encoder(
+    "predcaps", frozen=True, pretraining=predcaps.PredCapsPretrainer,
+    options=("predcaps_k", "feedback_iterations", "normalization", "selection"),
+)
+def predcaps_encoder(image_shape, seed=None, predcaps_k=predcaps.DEFAULT_PREDCAPS_K,
+                     feedback_iterations=predcaps.DEFAULT_FEEDBACK_ITERATIONS,
+                     normalization="unit_total", selection="capsule"):
+    """PredCaps: every layer learns locally and at once, then frozen under the heads."""
+    return predcaps.predcaps_encoder(
+        image_shape, seed=seed, k=predcaps_k, feedback_iterations=feedback_iterations,
+        normalization=normalization, selection=selection,
     )
 
 

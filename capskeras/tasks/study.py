@@ -1,9 +1,9 @@
 """The equivariance study's task: one encoder under one head.
 
 Encoders and heads come from `capskeras.models.registry`; an encoder
-registered with `pretrain_as_autoencoder` gets a `pretrain` stage that
-trains it as an autoencoder (k-sparse, with its k schedule) before it is
-frozen under the head.
+registered with a `pretraining` model gets a `pretrain` stage that trains
+it so (the k-sparse autoencoder with its k schedule, PredCaps' local
+learning) before it is frozen under the head.
 """
 
 import dataclasses
@@ -11,8 +11,8 @@ import dataclasses
 import keras
 
 from capskeras.layers.k_sparse import KSparse
+from capskeras.models import predcaps
 from capskeras.models import registry
-from capskeras.models.autoencoder import Autoencoder
 from capskeras.settings import MODEL
 from capskeras.settings import at_least
 from capskeras.settings import setting
@@ -58,6 +58,23 @@ class StudyTask(MnistTask):
             3, "Capsule models: routing-by-agreement iterations.", check=at_least(1),
             resume=MODEL,
         )
+        predcaps_k: tuple = setting(
+            predcaps.DEFAULT_PREDCAPS_K, "PredCaps: winning capsules per position in each layer.",
+            check=(_three_positive_ints, "three ints >= 1"), resume=MODEL,
+        )
+        feedback_iterations: int = setting(
+            predcaps.DEFAULT_FEEDBACK_ITERATIONS,
+            "PredCaps: down-and-up rounds after the first upward pass.", check=at_least(0),
+            resume=MODEL,
+        )
+        normalization: str = setting(
+            "unit_total", "PredCaps: competition by unit_total (zero-sum) or layer_norm.",
+            choices=("unit_total", "layer_norm"), resume=MODEL,
+        )
+        selection: str = setting(
+            "capsule", "PredCaps: top-k whole capsules, or single units (unit).",
+            choices=("capsule", "unit"), resume=MODEL,
+        )
 
         def validate(self):
             super().validate()
@@ -78,22 +95,23 @@ class StudyTask(MnistTask):
         return spec.build(self.image_shape(), seed=seed, **options)
 
     def pretraining(self):
-        if not registry.encoder_spec(self.settings.encoder).pretrain_as_autoencoder:
+        spec = registry.encoder_spec(self.settings.encoder)
+        if spec.pretraining is None:
             return []
 
-        def build_autoencoder():
-            autoencoder = Autoencoder(self._encoder(self.seed), name="autoencoder")
-            autoencoder.build((None,) + self.image_shape())
-            return autoencoder
+        def build_pretraining_model():
+            model = spec.pretraining(self._encoder(self.seed), name="pretraining")
+            model.build((None,) + self.image_shape())
+            return model
 
-        def trained_encoder(autoencoder):
-            set_target_k(autoencoder)
-            return autoencoder.encoder
+        def trained_encoder(model):
+            set_target_k(model)
+            return model.encoder
 
         schedule = lambda: [KSparseSchedule(  # noqa: E731
             self.settings.ksparse_initial_factor, self.settings.ksparse_schedule_epochs
         )]
-        return [Stage("pretrain", self.settings.pretrain_epochs, build_autoencoder,
+        return [Stage("pretrain", self.settings.pretrain_epochs, build_pretraining_model,
                       trained_encoder, schedule)]
 
     def build_model(self, pretrained):
