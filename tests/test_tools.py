@@ -76,7 +76,8 @@ def test_results_table_rows_values_and_published_figures(runs_dir):
     markdown = results_table.markdown_table(metrics, configs)
     header, rows = _rows(markdown)
     assert "accuracy" in header and "MSE" in header and "published" in header
-    assert list(rows) == ["untrained (frozen)", "deep BP", "k-sparse (frozen)"]
+    assert list(rows)[:4] == ["untrained (frozen)", "deep BP", "k-sparse (frozen)",
+                              "PredCaps (frozen)"]
     #  encoder | accuracy | published | MSE | published | epochs class | epochs recon
     assert rows["untrained (frozen)"][1:] == ["98.77%", "99.4%", "0.0123", "0.014", "20", "20"]
     assert rows["deep BP"][1:] == [
@@ -85,6 +86,7 @@ def test_results_table_rows_values_and_published_figures(runs_dir):
     assert rows["k-sparse (frozen)"][1:] == [
         "99.12%", "—", "not run", "—", "20 (+10 pretrain)", "—",
     ]
+    assert rows["PredCaps (frozen)"][1:] == ["not run", "99.7%", "not run", "0.005", "—", "—"]
 
 
 def test_results_table_names_missing_runs_with_their_commands(runs_dir):
@@ -92,7 +94,7 @@ def test_results_table_names_missing_runs_with_their_commands(runs_dir):
     metrics, _ = results_table.read_runs(str(runs_dir))
     markdown = results_table.markdown_table(metrics)
     notes = [line for line in markdown.splitlines() if line.startswith("- ")]
-    assert len(notes) == 2
+    assert len(notes) == 2 + 8  # Two of the first six runs, and the eight PredCaps ones.
     assert "enc_deep_bp_dec_class" in notes[0]
     assert "--flagfile=flags/enc_deep_bp_dec_class.cfg" in notes[0]
     assert "enc_ksparse_dec_recon" in notes[1]
@@ -105,7 +107,7 @@ def test_results_table_empty_metrics_marks_every_run():
     _, rows = _rows(markdown)
     for cells in rows.values():
         assert cells[1] == cells[3] == "not run"
-    assert markdown.count("capskeras-train --flagfile=") == 6
+    assert markdown.count("capskeras-train --flagfile=") == 14
 
 
 def test_results_table_command_line(runs_dir, tmp_path):

@@ -3,14 +3,15 @@
     python tools/results_table.py                      # from runs/*/metrics.json
     python tools/results_table.py --train --epochs=2 --train_examples=10000
 
-For each encoder (untrained, deep BP, k-sparse) the table shows the test
+For each encoder (untrained, deep BP, k-sparse, PredCaps and its three
+ablations) the table shows the test
 accuracy of its classification experiment `enc_<encoder>_dec_class` and the
 test MSE of its reconstruction experiment `enc_<encoder>_dec_recon`, the
 epochs each was trained for, and the published figures beside them.
 
 Without `--train` it reads `<runs_dir>/<experiment>/metrics.json`; runs
 that are missing show as "not run", with the command that produces them.
-With `--train` it first trains the six experiments in this process, each
+With `--train` it first trains the experiments in this process, each
 from its flagfile `flags/<experiment>.cfg` into `<runs_dir>/<experiment>`
 (resuming from checkpoints there), exporting to
 `<runs_dir>/<experiment>/saved_model`. Trainer flags given on the command
@@ -42,17 +43,23 @@ FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS_DIR = REPO / "flags"
 
-ENCODERS = ("untrained", "deep_bp", "ksparse")
+ENCODERS = ("untrained", "deep_bp", "ksparse", "predcaps", "predcaps_layernorm", "predcaps_units",
+            "predcaps_nofeedback")
 ENCODER_LABELS = {
     "untrained": "untrained (frozen)",
     "deep_bp": "deep BP",
     "ksparse": "k-sparse (frozen)",
+    "predcaps": "PredCaps (frozen)",
+    "predcaps_layernorm": "PredCaps, layer norm",
+    "predcaps_units": "PredCaps, unit top-k",
+    "predcaps_nofeedback": "PredCaps, no feedback",
 }
 # Published (test accuracy, test reconstruction MSE); None where there is none.
 PUBLISHED = {
     "untrained": (0.994, 0.014),
     "deep_bp": (0.996, 0.004),
     "ksparse": None,
+    "predcaps": (0.997, 0.005),
 }
 # Trainer flags a run's identity depends on: the tool sets them per experiment.
 PER_EXPERIMENT_FLAGS = ("experiment", "model", "encoder", "head", "model_dir", "export_dir")
@@ -66,7 +73,7 @@ def experiment_name(encoder, head):
 
 
 def experiment_names():
-    """The six experiments of the table, class then recon for each encoder."""
+    """The experiments of the table, class then recon for each encoder."""
     return [experiment_name(e, h) for e in ENCODERS for h in ("class", "recon")]
 
 
@@ -241,7 +248,7 @@ def define_flags(flag_values):
     """Defines the tool's own flags and the trainer's on `flag_values`."""
     define_trainer_flags(flag_values)
     flags.DEFINE_boolean(
-        "train", False, "Train the six experiments first, in this process.",
+        "train", False, "Train the table's experiments first, in this process.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
