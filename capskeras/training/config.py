@@ -83,7 +83,8 @@ class TrainConfig(Settings):
         "rate, ...) instead of refusing.", resume=FREE,
     )
     deterministic: bool = setting(
-        False, "Run TensorFlow ops deterministically (slower), for bit-reproducible runs.",
+        False, "Run TensorFlow ops deterministically (slower; for the whole process), for "
+        "bit-reproducible runs.",
         resume=FREE,
     )
     plot_reconstructions: bool = setting(

@@ -35,7 +35,6 @@ from capskeras.training import run_dir
 from capskeras.training import strategy as strategies
 from capskeras.training.flags import config_from_flags
 from capskeras.training.flags import define_flags
-from capskeras.training.run_dir import IncompatibleRunError  # noqa: F401  Public here too.
 
 
 class ConfigurationError(ValueError):
