@@ -62,3 +62,18 @@ def test_in_keras_step_is_true_in_keras_steps_only(tmp_path):
         run()
         assert probe.seen and not any(probe.seen), probe.seen
 
+
+
+def test_the_trainers_step_is_a_keras_step_too(tmp_path):
+    """capskeras-train's own loop gets the compiled routing, as `fit` does."""
+    from capskeras.training import loop
+
+    probe = _Probe()
+    model = keras.Sequential([keras.Input((3,)), probe, keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    data = tf.data.Dataset.from_tensor_slices(
+        (np.ones((8, 3), "float32"), np.ones((8, 2), "float32"))).batch(4)
+    loop.train_model(model, data, strategy=tf.distribute.get_strategy(), batch_size=4,
+                     steps_per_epoch=2, epochs=1, directory=str(tmp_path))
+    # Keras's shape inference may call the layer first in a scratch graph.
+    assert probe.seen and probe.seen[-1] is True, probe.seen
