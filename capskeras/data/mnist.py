@@ -38,8 +38,18 @@ def _download_host_reachable(builder, timeout=5.0):
         return False
 
 
-def prepared_builder(name="mnist", data_dir=None, download=True):
+def prepared_builder(name="mnist", data_dir=None, download=True, how_to_prepare=None,
+                     config=None):
     """Returns a prepared TFDS builder, downloading only when possible.
+
+    Args:
+        name: the TFDS name, optionally with a config (`"affnist_regen/small"`).
+        data_dir: a prepared TFDS directory; defaults to `$TFDS_DATA_DIR`.
+        download: let TFDS download (or generate) the data when it is missing.
+        how_to_prepare: a sentence appended to the error, saying how this
+            dataset is prepared (e.g. the `tfds build` command).
+        config: a `tfds.core.BuilderConfig` instance to build instead of a
+            named config.
 
     Raises:
         DatasetNotFoundError: the data is not in `data_dir` and either
@@ -48,7 +58,10 @@ def prepared_builder(name="mnist", data_dir=None, download=True):
             point capskeras at a prepared copy.
     """
     data_dir = resolve_data_dir(data_dir)
-    builder = tfds.builder(name, data_dir=data_dir)
+    if config is not None:
+        builder = tfds.builder(name, data_dir=data_dir, config=config)
+    else:
+        builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
         return builder
     searched = builder.data_dir
@@ -62,7 +75,8 @@ def prepared_builder(name="mnist", data_dir=None, download=True):
         f"Dataset {name!r} is not prepared in {searched} and {reason}. "
         "Point --data_dir (or the TFDS_DATA_DIR environment variable) at a "
         f"directory holding a prepared TFDS copy, i.e. one containing "
-        f"{name}/<version>/dataset_info.json."
+        f"{builder.info.full_name}/dataset_info.json."
+        + (f" {how_to_prepare}" if how_to_prepare else "")
     )
 
 
