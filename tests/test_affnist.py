@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 import capskeras.data  # noqa: F401  Registers the builders, as users do.
 from capskeras.data import affnist
+from capskeras.data import prepare
 from capskeras.data import transforms
 from capskeras.data.mnist import DatasetNotFoundError
 from capskeras.data.mnist import load_mnist
@@ -83,10 +84,8 @@ def prepared_affnist(tmp_path_factory, mnist_digits):
     with zipfile.ZipFile(manual / "validation_batches.zip", "w") as archive:
         archive.write(staging / "1.mat", "validation_batches/1.mat")
     data_dir = root / "tfds"
-    builder = tfds.builder("affnist", data_dir=str(data_dir))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
-    )
+    # As from the shell: python -m capskeras.data.prepare affnist --data_dir=... --manual_dir=...
+    prepare._main(["affnist", f"--data_dir={data_dir}", f"--manual_dir={manual}"])
     return str(data_dir), images, all_labels, all_transforms.astype("float32")
 
 
@@ -163,8 +162,8 @@ def test_transform_statistics_and_fitted_ranges(prepared_affnist):
 
 
 def test_missing_dataset_names_how_to_prepare(tmp_path):
-    for name, command in (("affnist", "tfds build --imports=capskeras.data affnist"),
-                          ("affnist_regen", "tfds build --imports=capskeras.data affnist_regen")):
+    for name, command in (("affnist", "python -m capskeras.data.prepare affnist "),
+                          ("affnist_regen", "python -m capskeras.data.prepare affnist_regen ")):
         with pytest.raises(DatasetNotFoundError) as error:
             affnist.load_affnist("test", batch_size=2, name=name, data_dir=str(tmp_path))
         assert name in str(error.value) and command in str(error.value)

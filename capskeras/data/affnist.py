@@ -26,10 +26,12 @@ order.
     tfds.builder("affnist_regen").download_and_prepare()   # ~320k images
     dataset = tfds.load("affnist_regen", split="test")
 
-or, from the shell, `tfds build --imports=capskeras.data affnist_regen`
-(`affnist_regen/small`: 1,000 digits x 4, for quick runs), and for the real
-set `tfds build --imports=capskeras.data affnist --manual_dir=<dir with the
-zips>`.
+or, from the shell, `python -m capskeras.data.prepare affnist_regen
+--data_dir=<dir>` (`affnist_regen/small`: 1,000 digits x 4, for quick
+runs) and, for the real set, `python -m capskeras.data.prepare affnist
+--data_dir=<dir> --manual_dir=<dir with the zips>`. `tfds build
+--imports=capskeras.data affnist_regen` does the same where the `tfds`
+command runs (TFDS 4.9's command line imports apache-beam at start).
 
 The regenerator's ranges (`AffnistRegenConfig`) are the affNIST page's:
 rotation within +-20 degrees, shear within +-0.2, each axis scaled by 0.8 to
@@ -91,15 +93,17 @@ _CITATION = """@misc{tieleman2013affnist,
 }"""
 HOW_TO_PREPARE = {
     "affnist": (
-        "Prepare it with `tfds build --imports=capskeras.data affnist "
+        "Prepare it with `python -m capskeras.data.prepare affnist "
         "--data_dir=<dir> --manual_dir=<dir holding training_batches.zip, "
-        f"validation_batches.zip and test_batches.zip from {_ZIP_URL}>`, or use "
+        f"validation_batches.zip and test_batches.zip from {_ZIP_URL}>` (or "
+        "`tfds build --imports=capskeras.data affnist` with the same flags), or use "
         "the regenerated stand-in affnist_regen."
     ),
     "affnist_regen": (
-        "Generate it from the prepared MNIST with `tfds build "
-        "--imports=capskeras.data affnist_regen --data_dir=<dir>` (320,000 "
-        "images; `affnist_regen/small` for 4,000)."
+        "Generate it from the prepared MNIST with `python -m capskeras.data.prepare "
+        "affnist_regen --data_dir=<dir>` (or `tfds build --imports=capskeras.data "
+        "affnist_regen --data_dir=<dir>`): 320,000 images; `affnist_regen/small` "
+        "for 4,000."
     ),
 }
 
@@ -582,3 +586,4 @@ def load_affnist(split="test", *, batch_size, name="affnist", data_dir=None, dow
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
+

@@ -144,3 +144,50 @@ def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def save_accuracy_bars(accuracies, path, anchors=None, title=None):
+    """Saves grouped bars: test accuracy per dataset, one bar per model.
+
+    Args:
+        accuracies: `{model name: {dataset: accuracy in [0, 1]}}`; datasets
+            a model was not evaluated on are simply absent.
+        path: the PNG file to write.
+        anchors: optional `{(label, dataset): accuracy in [0, 1]}`,
+            published figures drawn as labelled dashed marks over their
+            dataset's group.
+        title: optional figure title.
+
+    Returns:
+        `path`.
+    """
+    datasets = list(dict.fromkeys(d for values in accuracies.values() for d in values))
+    if not datasets:
+        raise ValueError("Received: no accuracies; expected at least one model's results")
+    models = list(accuracies)
+    width = 0.8 / len(models)
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.6 * len(datasets) + 2.0), 4.2))
+    for index, model in enumerate(models):
+        positions = [d + (index - (len(models) - 1) / 2) * width
+                     for d, name in enumerate(datasets) if name in accuracies[model]]
+        values = [100 * accuracies[model][name] for name in datasets if name in accuracies[model]]
+        axis.bar(positions, values, width=width * 0.95, label=model)
+    for (label, dataset), value in (anchors or {}).items():
+        if dataset not in datasets:
+            continue
+        centre = datasets.index(dataset)
+        axis.hlines(100 * value, centre - 0.45, centre + 0.45, colors="black",
+                    linestyles="--", linewidth=1)
+        axis.annotate(label.split(",")[0], xy=(centre + 0.45, 100 * value), fontsize=6,
+                      xytext=(2, -2), textcoords="offset points")
+    axis.set_xticks(range(len(datasets)))
+    axis.set_xticklabels(datasets)
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("test accuracy (%)")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7, loc="lower left")
+    if title:
+        axis.set_title(title, fontsize=10)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
