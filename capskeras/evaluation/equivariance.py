@@ -27,7 +27,8 @@ draws them and measures them:
   invariance is a code that changes predictably with T.
 - Rotated feature families (`rotated_families`): for each first-layer
   unit, the input rotation and the other unit that best match its
-  response (spatially averaged, correlated across images), in the spirit
+  response maps (turned back into register, correlated over images and
+  positions), in the spirit
   of Olah et al.'s "Naturally Occurring Equivariance in Neural Networks"
   (Distill 2020): units whose rotated input reproduces another unit's
   response form rotated families.
@@ -93,6 +94,11 @@ def _batched(function, array):
     return np.concatenate(outputs).astype("float32") if outputs else np.zeros((0,), "float32")
 
 
+def _head_decoder(head):
+    """codes -> `[N, H, W]` images through a reconstruction head."""
+    return lambda codes: _batched(lambda c: head(c, training=False), codes)[..., 0]
+
+
 def _first_conv(model):
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.Conv2D):
@@ -107,11 +113,9 @@ def code_model_from_keras(model, name, path=""):
 
     if isinstance(model, StudyModel):
         image_shape = tuple(model.encoder.input_shape[1:])
-        def decode(codes):
-            return _batched(lambda c: model.head(c, training=False), codes)[..., 0]
-
-        if getattr(model.head, "target", None) != "images":
-            decode = None  # A classification head decodes no image.
+        decode = None  # A classification head decodes no image.
+        if getattr(model.head, "target", None) == "images":
+            decode = _head_decoder(model.head)
         return CodeModel(
             name, path, image_shape,
             encode=lambda images: _batched(lambda x: model.encode(x, training=False), images),
@@ -280,22 +284,44 @@ def transform_images(images, params):
     return affnist.warp_images(images, rows)
 
 
-def linear_equivariance(codes, transformed_codes, fit_fraction=0.5, ridge=1e-3):
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _ridge_fit(z, z_t, ridge):
+    """`(weights, mean, mean_t)` of the ridge map z -> z_t (ridge relative to mean variance)."""
+    mean, mean_t = z.mean(axis=0), z_t.mean(axis=0)
+    centred = z - mean
+    gram = centred.T @ centred
+    penalty = ridge * max(np.trace(gram) / max(gram.shape[0], 1), 1e-12)
+    weights = np.linalg.solve(gram + penalty * np.eye(gram.shape[0]), centred.T @ (z_t - mean_t))
+    return weights, mean, mean_t
+
+
+def _r2(target, predicted):
+    total = np.sum((target - target.mean(axis=0)) ** 2)
+    return float(1.0 - np.sum((target - predicted) ** 2) / total) if total > 0 else float("nan")
+
+
+def linear_equivariance(codes, transformed_codes, fit_fraction=0.5, ridges=RIDGES):
     """How linearly code(T x) follows code(x), and how much it stays the same.
 
     A map `code(T x) ~ code(x) @ M + b` is fitted by ridge regression on the
-    first `fit_fraction` of the pairs and tested on the rest.
+    first `fit_fraction` of the pairs and tested on the rest. The ridge
+    strength is chosen among `ridges` (relative to the codes' mean
+    variance) on a quarter of the fitting pairs held back, then the map is
+    refitted on all of them, so codes with more elements than pairs are
+    not overfitted.
 
     Args:
         codes: `[N, D]` codes of the inputs.
         transformed_codes: `[N, D']` codes of the transformed inputs.
         fit_fraction: share of the pairs used to fit the map.
-        ridge: regularization, relative to the mean variance of `codes`.
+        ridges: candidate regularization strengths.
 
     Returns:
-        `{"equivariance", "invariance", "fit_pairs", "test_pairs"}`:
+        `{"equivariance", "invariance", "ridge", "fit_pairs", "test_pairs"}`:
         `equivariance` the held-out R^2 of the map, `invariance` 1 - E|z' -
-        z|^2 / (Var z + Var z') on the held-out pairs (defined when D = D').
+        z|^2 / (Var z + Var z') on the held-out pairs (when D = D').
     """
     z = np.asarray(codes, "float64")
     z_t = np.asarray(transformed_codes, "float64")
@@ -305,27 +331,28 @@ def linear_equivariance(codes, transformed_codes, fit_fraction=0.5, ridge=1e-3):
             "expected [N, D] and [N, D'] for the same N"
         )
     split = int(round(len(z) * fit_fraction))
-    if split <= 1 or len(z) - split <= 1:
+    if split < 4 or len(z) - split < 2:
         raise ValueError(
             f"Received: {len(z)} pairs with fit_fraction={fit_fraction}; expected at least two "
-            "pairs to fit and two to test"
+            "pairs to test and four to fit"
         )
     fit, fit_t, test, test_t = z[:split], z_t[:split], z[split:], z_t[split:]
-    mean, mean_t = fit.mean(axis=0), fit_t.mean(axis=0)
-    centred = fit - mean
-    gram = centred.T @ centred
-    penalty = ridge * max(np.trace(gram) / max(gram.shape[0], 1), 1e-12)
-    weights = np.linalg.solve(gram + penalty * np.eye(gram.shape[0]), centred.T @ (fit_t - mean_t))
-    predicted = (test - mean) @ weights + mean_t
-    total = np.sum((test_t - test_t.mean(axis=0)) ** 2)
+    inner = split - max(split // 4, 1)
+    scores = []
+    for ridge in ridges:
+        weights, mean, mean_t = _ridge_fit(fit[:inner], fit_t[:inner], ridge)
+        scores.append(_r2(fit_t[inner:], (fit[inner:] - mean) @ weights + mean_t))
+    scores = np.nan_to_num(np.asarray(scores), nan=-np.inf)
+    ridge = ridges[int(np.argmax(scores))]
+    weights, mean, mean_t = _ridge_fit(fit, fit_t, ridge)
     result = {
-        "equivariance": float(1.0 - np.sum((test_t - predicted) ** 2) / total) if total > 0
-        else float("nan"),
+        "equivariance": _r2(test_t, (test - mean) @ weights + mean_t),
+        "ridge": float(ridge),
         "fit_pairs": int(split),
         "test_pairs": int(len(z) - split),
     }
     if z.shape[1] == z_t.shape[1]:
-        spread = np.sum((test - test.mean(axis=0)) ** 2) + total
+        spread = np.sum((test - test.mean(axis=0)) ** 2) + np.sum((test_t - test_t.mean(axis=0)) ** 2)
         result["invariance"] = (float(1.0 - np.sum((test_t - test) ** 2) / spread)
                                 if spread > 0 else float("nan"))
     return result
@@ -354,9 +381,11 @@ def equivariance_table(code_model, images, transforms_=None, **kwargs):
 # --- rotated feature families -------------------------------------------------------
 
 
-def pooled_responses(layer, images):
-    """Each unit's response to each image, averaged over positions: `[N, U]`."""
-    return _batched(lambda x: keras.ops.mean(layer(x), axis=(1, 2)), images)
+def response_maps(layer, images):
+    """A layer's output maps `[N, h, w, U]` for images `[N, H, W, C]`."""
+    images = np.asarray(images, "float32")
+    return np.concatenate([keras.ops.convert_to_numpy(layer(images[i:i + _BATCH]))
+                           for i in range(0, len(images), _BATCH)]).astype("float32")
 
 
 def _correlations(a, b):
@@ -368,19 +397,24 @@ def _correlations(a, b):
         return np.where(norms > 1e-12, (a.T @ b) / np.maximum(norms, 1e-30), np.nan)
 
 
-def rotated_families(response_fn, images, angles=FAMILY_ANGLES):
+def rotated_families(response_fn, images, angles=FAMILY_ANGLES, max_samples=20000, seed=0):
     """For each unit, the input rotation and other unit that best match its response.
 
-    Unit i's responses to the rotated images are correlated (across images)
-    with every other unit j's responses to the upright images; the best
-    (j, angle) is unit i's rotated partner. `unrotated_correlation` is the
-    best match to another unit without rotating (the baseline: a near
-    duplicate rather than a rotated copy).
+    The images are rotated by each angle; unit i's response maps to the
+    rotated images, turned back by the same angle so positions line up,
+    are correlated (over images and positions) with every other unit j's
+    maps of the upright images. The best (j, angle) is unit i's rotated
+    partner: rotating the input by `angle` makes unit i respond where and
+    how unit j does. `unrotated_correlation` is the best match to another
+    unit without rotating (a near duplicate rather than a rotated copy).
 
     Args:
-        response_fn: images `[N, H, W, C]` -> responses `[N, U]`.
+        response_fn: images `[N, H, W, C]` -> response maps `[N, h, w, U]`.
         images: `[N, H, W, C]` in [0, 1].
         angles: rotations (degrees, counter-clockwise) to try, 0 excluded.
+        max_samples: at most this many (image, position) samples, drawn
+            once at random, enter each correlation.
+        seed: seeds that draw.
 
     Returns:
         A dict of `[U]` arrays: `partner`, `angle`, `correlation`,
@@ -390,22 +424,31 @@ def rotated_families(response_fn, images, angles=FAMILY_ANGLES):
     angles = [float(a) for a in angles if float(a) % 360.0 != 0.0]
     if not angles:
         raise ValueError(f"Received: angles={list(angles)}; expected at least one non-zero angle")
-    upright = np.asarray(response_fn(images), "float64")
-    units = upright.shape[1]
+    upright = np.asarray(response_fn(images), "float32")
+    if upright.ndim != 4:
+        raise ValueError(
+            f"Received: response maps of shape {upright.shape}; expected [N, h, w, units]"
+        )
+    units = upright.shape[-1]
+    flat = upright.reshape(-1, units)
+    rows = np.arange(len(flat))
+    if len(rows) > max_samples:
+        rows = np.sort(np.random.default_rng(seed).choice(len(flat), max_samples, replace=False))
+    base_samples = flat[rows].astype("float64")
     others = ~np.eye(units, dtype=bool)
-    base = _correlations(upright, upright)
     best = np.full(units, -np.inf)
     partner = np.full(units, -1)
     angle = np.full(units, np.nan)
     for degrees in angles:
-        turned = np.asarray(response_fn(transforms.rotate(images, degrees).numpy()), "float64")
-        corr = np.where(others, _correlations(turned, upright), np.nan)
+        turned = np.asarray(response_fn(transforms.rotate(images, degrees).numpy()), "float32")
+        back = transforms.rotate(turned, -degrees).numpy().reshape(-1, units)[rows]
+        corr = np.where(others, _correlations(back.astype("float64"), base_samples), np.nan)
         filled = np.where(np.isnan(corr), -np.inf, corr)
         top = filled.argmax(axis=1)
         value = filled[np.arange(units), top]
         better = value > best
         best[better], partner[better], angle[better] = value[better], top[better], degrees
-    unrotated = np.where(others, base, np.nan)
+    unrotated = np.where(others, _correlations(base_samples, base_samples), np.nan)
     unrotated = np.where(np.isnan(unrotated), -np.inf, unrotated).max(axis=1)
     dead = ~np.isfinite(best)
     return {

@@ -91,7 +91,8 @@ def save_rotation_sweep_plot(sweeps, path, mark_angle=35.0, title=None):
     return path
 
 
-def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None):
+def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None,
+                           row_labels=None):
     """Saves capsule-dimension perturbation grids, one block per digit.
 
     Each block has one row per capsule dimension and one column per
@@ -105,6 +106,8 @@ def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None)
         perturbations: the P offsets, to label the columns.
         titles: optional B block titles (e.g. the digit and its capsule).
         title: optional figure title.
+        row_labels: optional `[B][D]` labels of each block's rows; "dim 1"
+            ... "dim D" on the first block by default.
 
     Returns:
         `path`.
@@ -134,8 +137,11 @@ def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None)
         axis.set_xticklabels([f"{value:+.2f}" for value in perturbations], rotation=90,
                              fontsize=6)
         axis.set_yticks((np.arange(dims) + 0.5) * height - 0.5)
-        axis.set_yticklabels([f"dim {d + 1}" for d in range(dims)] if index == 0 else [],
-                             fontsize=6)
+        if row_labels is not None:
+            labels = list(row_labels[index])
+        else:
+            labels = [f"dim {d + 1}" for d in range(dims)] if index == 0 else []
+        axis.set_yticklabels(labels, fontsize=6)
         axis.tick_params(length=0)
         if titles is not None:
             axis.set_title(titles[index], fontsize=8)
