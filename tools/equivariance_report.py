@@ -11,7 +11,8 @@ model's canvas (see `capskeras.evaluation.equivariance`):
 
 - with a reconstruction decoder: perturbation sweeps of the `--rows` most
   active code elements (CapsNet: the winning capsule's 16 dimensions) of
-  `--sweep_digits` digits across -2.5 ... 2.5 standard deviations, the
+  `--sweep_digits` digits across `--scales` (default -2.5 ... 2.5)
+  standard deviations of the element, the
   judge's verdict on every decoding (confident-digit fraction, entropy,
   per scale), and the sweeps' smoothness; a PNG grid of the first
   `--grid_digits` digits, as in the study's figures;
@@ -51,6 +52,8 @@ flags.DEFINE_string("output_dir", "runs/equivariance", "Where the report and PNG
 flags.DEFINE_integer("grid_digits", 3, "Digits drawn in each perturbation grid.")
 flags.DEFINE_integer("sweep_digits", 100, "Digits whose sweeps the judge scores.")
 flags.DEFINE_integer("rows", 8, "Code elements perturbed per digit (capsules: all 16).")
+flags.DEFINE_list("scales", [str(s) for s in equivariance.SCALES],
+                  "Perturbation offsets, in standard deviations of the perturbed element.")
 flags.DEFINE_integer("pairs", 2000, "Digits for the transformation maps (half fit, half test).")
 flags.DEFINE_integer("family_digits", 500, "Digits for the rotated feature families.")
 flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for $TFDS_DATA_DIR.")
@@ -82,14 +85,15 @@ def evaluate_model(code_model, judge, output_dir, settings, data_dir=None):
         reference = code_model.encode(test_digits(1000, code_model.image_shape, data_dir,
                                                   offset=settings["sweep_digits"]))
         sweeps = equivariance.perturbation_sweeps(
-            code_model, digits, rows=settings["rows"],
+            code_model, digits, scales=settings["scales"], rows=settings["rows"],
             spread=equivariance.element_spread(reference))
         grid = sweeps["images"][:settings["grid_digits"]]
         path = os.path.join(output_dir, f"{slug}_perturbations.png")
         plots.save_perturbation_grid(
             grid, path, [float(s) for s in sweeps["scales"]],
             titles=[f"test digit {i}" for i in range(len(grid))],
-            title=f"{code_model.name}: one code element at a time, -2.5 to +2.5 std",
+            title=f"{code_model.name}: one code element at a time, {min(settings['scales']):g} to "
+                  f"{max(settings['scales']):+g} std",
             row_labels=[[f"elem {e}" for e in row] for row in sweeps["elements"][:len(grid)]],
         )
         result["figures"]["perturbations"] = os.path.basename(path)
@@ -194,6 +198,12 @@ def main(argv):
         for flag in ("grid_digits", "sweep_digits", "rows", "pairs", "family_digits"):
             if getattr(FLAGS, flag) < 1:
                 raise ValueError(f"Received: {flag}={getattr(FLAGS, flag)}; expected an int >= 1")
+        try:
+            scales = sorted(float(s) for s in FLAGS.scales)
+        except ValueError:
+            scales = []
+        if not scales:
+            raise ValueError(f"Received: scales={FLAGS.scales}; expected numbers, e.g. -2,-1,0,1,2")
         if FLAGS.pairs < 4:
             raise ValueError(f"Received: pairs={FLAGS.pairs}; expected an int >= 4")
         models = [equivariance.load_code_model(p, FLAGS.names[i] if FLAGS.names else None)
@@ -210,6 +220,7 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     settings = {key: getattr(FLAGS, key) for key in
                 ("grid_digits", "sweep_digits", "rows", "pairs", "family_digits")}
+    settings["scales"] = scales
     results = [evaluate_model(model, judge, FLAGS.output_dir, settings, FLAGS.data_dir or None)
                for model in models]
     tables = format_tables(results, judge is not None)
@@ -228,7 +239,7 @@ def main(argv):
     report = "\n".join([
         "# Equivariance report", "",
         f"MNIST test digits; {settings['sweep_digits']} digits x {settings['rows']} code elements "
-        f"(capsules: 16 dimensions) x {len(equivariance.SCALES)} scales per model for the sweeps, "
+        f"(capsules: 16 dimensions) x {len(scales)} scales per model for the sweeps, "
         f"{settings['pairs']} digits for the maps, {settings['family_digits']} for the families; "
         f"{judge_line}.", "", tables, "", "## Figures"] + figures) + "\n"
     write_text_atomically(os.path.join(FLAGS.output_dir, REPORT_FILE), report)

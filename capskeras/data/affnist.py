@@ -153,12 +153,19 @@ def read_affnist_mat(path_or_file):
     return images, labels, transforms.T
 
 
-def _features():
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=IMAGE_SHAPE),
-        "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        "transform": tfds.features.Tensor(shape=(len(TRANSFORM_FIELDS),), dtype=np.float32),
-    })
+def _dataset_info(builder, description):
+    """The DatasetInfo both builders share: image, label, transform."""
+    return builder.dataset_info_from_configs(
+        description=description,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=IMAGE_SHAPE),
+            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+            "transform": tfds.features.Tensor(shape=(len(TRANSFORM_FIELDS),), dtype=np.float32),
+        }),
+        supervised_keys=("image", "label"),
+        homepage=URL,
+        citation=_CITATION,
+    )
 
 
 class Affnist(tfds.core.GeneratorBasedBuilder):
@@ -179,14 +186,8 @@ class Affnist(tfds.core.GeneratorBasedBuilder):
     )
 
     def _info(self):
-        return self.dataset_info_from_configs(
-            description="affNIST: MNIST digits on a 40x40 canvas under 32 random affine "
-                        "transforms each (Tieleman).",
-            features=_features(),
-            supervised_keys=("image", "label"),
-            homepage=URL,
-            citation=_CITATION,
-        )
+        return _dataset_info(self, "affNIST: MNIST digits on a 40x40 canvas under 32 random "
+                                   "affine transforms each (Tieleman).")
 
     def _split_generators(self, dl_manager):
         folders = _manual_folders(dl_manager)
@@ -324,15 +325,9 @@ class AffnistRegen(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "default"
 
     def _info(self):
-        return self.dataset_info_from_configs(
-            description="REGENERATED affNIST-style data, NOT the original affNIST: MNIST "
-                        "test digits centred on 40x40 and warped by random affine "
-                        "transforms in affNIST's ranges (capskeras).",
-            features=_features(),
-            supervised_keys=("image", "label"),
-            homepage=URL,
-            citation=_CITATION,
-        )
+        return _dataset_info(self, "REGENERATED affNIST-style data, NOT the original affNIST: "
+                                   "MNIST test digits centred on 40x40 and warped by random "
+                                   "affine transforms in affNIST's ranges (capskeras).")
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Generated from MNIST, nothing to download.

@@ -84,11 +84,7 @@ def save_rotation_sweep_plot(sweeps, path, mark_angle=35.0, title=None):
     axis.set_ylabel("test accuracy (%)")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8, loc="best")
-    if title:
-        axis.set_title(title, fontsize=10)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save_accuracy_axes(figure, axis, path, title)
 
 
 def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None,
@@ -192,6 +188,11 @@ def save_accuracy_bars(accuracies, path, anchors=None, title=None):
     axis.set_ylabel("test accuracy (%)")
     axis.grid(True, axis="y", alpha=0.3)
     axis.legend(fontsize=7, loc="lower left")
+    return _save_accuracy_axes(figure, axis, path, title)
+
+
+def _save_accuracy_axes(figure, axis, path, title):
+    """Titles, saves and closes an accuracy figure; returns `path`."""
     if title:
         axis.set_title(title, fontsize=10)
     figure.savefig(path, dpi=120, bbox_inches="tight")
