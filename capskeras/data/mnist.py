@@ -39,17 +39,12 @@ def _download_host_reachable(builder, timeout=5.0):
 
 
 def prepared_builder(name="mnist", data_dir=None, download=True, how_to_prepare=None,
-                     config=None):
+                     **builder_kwargs):
     """Returns a prepared TFDS builder, downloading only when possible.
 
-    Args:
-        name: the TFDS name, optionally with a config (`"affnist_regen/small"`).
-        data_dir: a prepared TFDS directory; defaults to `$TFDS_DATA_DIR`.
-        download: let TFDS download (or generate) the data when it is missing.
-        how_to_prepare: a sentence appended to the error, saying how this
-            dataset is prepared (e.g. the `tfds build` command).
-        config: a `tfds.core.BuilderConfig` instance to build instead of a
-            named config.
+    `builder_kwargs` go to `tfds.builder` (a `config`, for instance);
+    `how_to_prepare` is a sentence appended to the error, saying how this
+    dataset is prepared (e.g. the command that builds it).
 
     Raises:
         DatasetNotFoundError: the data is not in `data_dir` and either
@@ -58,10 +53,7 @@ def prepared_builder(name="mnist", data_dir=None, download=True, how_to_prepare=
             point capskeras at a prepared copy.
     """
     data_dir = resolve_data_dir(data_dir)
-    if config is not None:
-        builder = tfds.builder(name, data_dir=data_dir, config=config)
-    else:
-        builder = tfds.builder(name, data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir, **builder_kwargs)
     if builder.is_prepared():
         return builder
     searched = builder.data_dir
