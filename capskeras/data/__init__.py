@@ -5,6 +5,8 @@ from capskeras.data.mnist import IMAGE_SHAPE
 from capskeras.data.mnist import NUM_CLASSES
 from capskeras.data.mnist import load_mnist
 from capskeras.data.mnist import prepared_builder
+from capskeras.data.affnist import AffnistRegenConfig
+from capskeras.data.affnist import load_affnist
 from capskeras.data.rotated_mnist import RotatedMnist
 from capskeras.data.rotated_mnist import RotatedMnistRegen
 from capskeras.data.rotated_mnist import RotatedMnistRegenConfig

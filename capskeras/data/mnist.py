@@ -38,10 +38,13 @@ def _download_host_reachable(builder, timeout=5.0):
         return False
 
 
-def prepared_builder(name="mnist", data_dir=None, download=True, **builder_kwargs):
+def prepared_builder(name="mnist", data_dir=None, download=True, how_to_prepare=None,
+                     **builder_kwargs):
     """Returns a prepared TFDS builder, downloading only when possible.
 
-    `builder_kwargs` go to `tfds.builder` (a `config`, for instance).
+    `builder_kwargs` go to `tfds.builder` (a `config`, for instance);
+    `how_to_prepare` is a sentence appended to the error, saying how this
+    dataset is prepared (e.g. the command that builds it).
 
     Raises:
         DatasetNotFoundError: the data is not in `data_dir` and either
@@ -64,7 +67,8 @@ def prepared_builder(name="mnist", data_dir=None, download=True, **builder_kwarg
         f"Dataset {name!r} is not prepared in {searched} and {reason}. "
         "Point --data_dir (or the TFDS_DATA_DIR environment variable) at a "
         f"directory holding a prepared TFDS copy, i.e. one containing "
-        f"{name}/<version>/dataset_info.json."
+        f"{builder.info.full_name}/dataset_info.json."
+        + (f" {how_to_prepare}" if how_to_prepare else "")
     )
 
 

@@ -1,21 +1,35 @@
-"""The absl evaluator: trained models -> MNIST test accuracy as the digits rotate.
+"""The absl evaluator: trained models -> accuracy across test sets, and a report.
 
-    capskeras-eval --models=runs/capsnet,saved_models/enc_deep_bp_dec_class \
-        --names=CapsNet,"deep BP" --eval_examples=1000 --output_dir=runs/rotation_sweep
+    capskeras-eval --models=runs/capsnet_affnist,runs/cnn_baseline_affnist,runs/lenet5_mnist \
+        --datasets=mnist,affnist,affnist_regen,rotated_mnist --angles=0,35,90 \
+        --eval_examples=2000 --output_dir=runs/evaluation
 
 Each entry of `--models` is a SavedModel (a version directory, or an export
 directory whose newest version is used) or a model directory holding
 `model.keras`; see `capskeras.evaluation.generalization.load_classifier`.
-For every model it prints the upright MNIST test accuracy and the accuracy
-with the test digits rotated by each of `--angles` (counter-clockwise,
-about the centre of the model's canvas: digits are padded to 40x40 first
-for models trained that way), and writes to `--output_dir`:
+`--datasets` picks from `mnist`, `affnist` (the real affNIST test split),
+`affnist_regen` (the regenerated stand-in) and `rotated_mnist` (the MNIST
+test digits rotated counter-clockwise by each of `--angles`, about the
+centre of the model's canvas); see `capskeras.evaluation.report`. The
+command writes to `--output_dir`:
 
-- `rotation_sweep.json`: `{"models": [{"name", "path", "format",
-  "image_shape", "upright_accuracy", "accuracy_by_angle": {angle:
-  accuracy}}], ...}` with the settings of the run;
-- `rotation_sweep.png`: accuracy against angle, one line per model, 35
-  degrees marked.
+- `<model>.json` per model: its accuracy on every dataset (and by angle),
+  how the images were fitted to its canvas, or why a cell is empty;
+- `report.md`: the model x dataset accuracy table with the published
+  anchors (Sabour et al. 2017 on affNIST; rotated MNIST at 35 degrees)
+  beside the measured rows, notes, and links to
+- `accuracy.png` (bars per dataset) and `rotation_sweep.png` (accuracy
+  against angle, one line per model);
+- `rotation_sweep.json` when `rotated_mnist` is evaluated, in the format of
+  earlier versions: `{"models": [{"name", "path", "format", "image_shape",
+  "upright_accuracy", "accuracy_by_angle"}], ...}`;
+
+and prints the table. A dataset that is not prepared is reported with the
+error naming how to prepare it (on stderr and in the report) while the
+other datasets still run; the exit status is 0 when at least one (model,
+dataset) pair was evaluated, 1 when none could be, 2 for bad flags or
+model paths. 28x28 models are not evaluated on 40x40 affNIST images unless
+`--canvas_mismatch=crop|resize` says how to fit them (marked `*`).
 
 Reference:
     Sabour, Frosst and Hinton, "Dynamic Routing Between Capsules", NeurIPS
@@ -30,15 +44,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from capskeras.data import mnist
 from capskeras.evaluation import generalization
-from capskeras.evaluation import plots
+from capskeras.evaluation import report
 from capskeras.files import write_text_atomically
 
 FLAGS = flags.FLAGS
 JSON_FILE = "rotation_sweep.json"
-PNG_FILE = "rotation_sweep.png"
-MARK_ANGLE = 35.0
 
 
 def _define(kind, name, default, help_text):
@@ -58,8 +69,15 @@ _define("integer", "batch_size", 128, "Images per forward pass.")
 _define("list", "angles", [],
         "Comma-separated rotations in degrees (counter-clockwise), each a number or "
         "start:stop:step (stop included); empty for 0 to 180 in 5-degree steps.")
-_define("string", "output_dir", "runs/rotation_sweep",
-        f"Directory for {JSON_FILE} and {PNG_FILE}.")
+_define("list", "datasets", ["mnist", "rotated_mnist"],
+        f"Comma-separated test sets, any of {','.join(report.DATASETS)}.")
+if "canvas_mismatch" not in FLAGS:
+    flags.DEFINE_enum(
+        "canvas_mismatch", "skip", list(report.CANVAS_POLICIES),
+        "40x40 affNIST data and a smaller model: skip the cell (default), or centre-crop "
+        "or resize the images to the model's canvas (marked * in the report).")
+_define("string", "output_dir", "runs/evaluation",
+        f"Directory for <model>.json, {report.REPORT_FILE}, its PNG plots and {JSON_FILE}.")
 _define("string", "data_dir", "",
         "Prepared TFDS directory; empty for $TFDS_DATA_DIR or TFDS's default.")
 
@@ -96,99 +114,6 @@ def parse_angles(items):
     return generalization.check_angles(angles)
 
 
-def evaluate_models(paths, names=(), angles=generalization.DEFAULT_ANGLES, eval_examples=0,
-                    batch_size=generalization.DEFAULT_BATCH_SIZE, data_dir=None, download=True):
-    """Upright accuracy and the rotation sweep of every model in `paths`.
-
-    All models are loaded (and the data located) before any is evaluated,
-    so a bad path fails at once.
-
-    Returns:
-        The results dict written to `rotation_sweep.json`.
-    """
-    paths = [str(path) for path in paths if str(path).strip()]
-    if not paths:
-        raise ValueError(
-            "Received: models=[]; expected one or more comma-separated model paths"
-        )
-    names = list(names)
-    if names and len(names) != len(paths):
-        raise ValueError(
-            f"Received: names={names} for {len(paths)} models; expected one name per model "
-            "or none"
-        )
-    if not isinstance(eval_examples, int) or eval_examples < 0:
-        raise ValueError(
-            f"Received: eval_examples={eval_examples!r}; expected an int >= 0 (0 for all)"
-        )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Received: batch_size={batch_size!r}; expected an int >= 1")
-    angles = generalization.check_angles(angles)
-    classifiers = [
-        generalization.load_classifier(path, names[i] if names else None)
-        for i, path in enumerate(paths)
-    ]
-    _make_names_unique(classifiers)
-    builder = mnist.prepared_builder("mnist", data_dir=data_dir or None, download=download)
-    available = builder.info.splits["test"].num_examples
-    results = {
-        "dataset": "mnist",
-        "split": "test",
-        "eval_examples": min(eval_examples, available) if eval_examples else available,
-        "angles": list(angles),
-        "rotation": "counter-clockwise about the image centre, bilinear, zero fill",
-        "models": [],
-    }
-    for classifier in classifiers:
-        upright = generalization.mnist_test_set(
-            classifier, eval_examples or None, batch_size, data_dir, download
-        )
-        accuracy = generalization.accuracy(classifier, upright, batch_size=batch_size)
-        logging.info("%s: upright accuracy %.4f", classifier.name, accuracy)
-        sweep = generalization.rotation_sweep(
-            classifier, angles, batch_size=batch_size, dataset=upright
-        )
-        results["models"].append(
-            {
-                "name": classifier.name,
-                "path": os.path.abspath(classifier.path),
-                "format": classifier.format,
-                "image_shape": list(classifier.image_shape),
-                "upright_accuracy": accuracy,
-                "accuracy_by_angle": {_angle_key(a): value for a, value in sweep.items()},
-            }
-        )
-    return results
-
-
-def write_results(results, output_dir):
-    """Writes `rotation_sweep.json` and `rotation_sweep.png`; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    json_path = os.path.join(output_dir, JSON_FILE)
-    write_text_atomically(json_path, json.dumps(results, indent=2) + "\n")
-    png_path = plots.save_rotation_sweep_plot(
-        {model["name"]: model["accuracy_by_angle"] for model in results["models"]},
-        os.path.join(output_dir, PNG_FILE),
-        mark_angle=MARK_ANGLE,
-        title=f"MNIST test accuracy under rotation ({results['eval_examples']:,} digits)",
-    )
-    return json_path, png_path
-
-
-def format_table(results):
-    """The results as a plain-text table: upright accuracy, then one row per angle."""
-    models = results["models"]
-    width = max([12] + [len(model["name"]) + 2 for model in models])
-    header = "angle".rjust(8) + "".join(model["name"].rjust(width) for model in models)
-    lines = [header, "upright".rjust(8) + "".join(
-        f"{100 * model['upright_accuracy']:.2f}%".rjust(width) for model in models)]
-    for angle in results["angles"]:
-        key = _angle_key(angle)
-        lines.append(key.rjust(8) + "".join(
-            f"{100 * model['accuracy_by_angle'][key]:.2f}%".rjust(width) for model in models))
-    return "\n".join(lines)
-
-
 def _angle_key(angle):
     """A JSON key for an angle: 35.0 -> "35", 2.5 -> "2.5"."""
     return f"{float(angle):g}"
@@ -203,25 +128,92 @@ def _make_names_unique(classifiers):
             classifier.name = f"{classifier.name} ({count})"
 
 
+def load_classifiers(paths, names=()):
+    """Loads every model of `--models` (named by `--names`), failing at the first bad one."""
+    paths = [str(path) for path in paths if str(path).strip()]
+    if not paths:
+        raise ValueError(
+            "Received: models=[]; expected one or more comma-separated model paths"
+        )
+    names = list(names)
+    if names and len(names) != len(paths):
+        raise ValueError(
+            f"Received: names={names} for {len(paths)} models; expected one name per model "
+            "or none"
+        )
+    classifiers = [
+        generalization.load_classifier(path, names[i] if names else None)
+        for i, path in enumerate(paths)
+    ]
+    _make_names_unique(classifiers)
+    return classifiers
+
+
+def rotation_results(results):
+    """The `rotation_sweep.json` dict of earlier versions, from the report's results."""
+    settings = results["settings"]
+    examples = settings["eval_examples"]
+    models = []
+    for model in results["models"]:
+        sweep = model["results"].get("rotated_mnist", {}).get("accuracy_by_angle")
+        if sweep is None:
+            continue
+        upright = model["results"].get("mnist", {}).get("accuracy", sweep.get("0"))
+        models.append({key: model[key] for key in ("name", "path", "format", "image_shape")}
+                      | {"upright_accuracy": upright, "accuracy_by_angle": sweep})
+    return {
+        "dataset": "mnist",
+        "split": "test",
+        "eval_examples": examples if examples != "all" else 10_000,
+        "angles": settings["angles"],
+        "rotation": settings["rotation"],
+        "models": models,
+    }
+
+
+def _stderr(line):
+    print(f"capskeras-eval: {line}", file=sys.stderr)
+
+
+def _log(line):
+    if ": error: " in line:
+        _stderr(line)
+    else:
+        logging.info("%s", line)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
     try:
-        results = evaluate_models(
-            FLAGS.models,
-            names=FLAGS.names,
-            angles=parse_angles(FLAGS.angles),
-            eval_examples=FLAGS.eval_examples,
-            batch_size=FLAGS.batch_size,
-            data_dir=FLAGS.data_dir or None,
-        )
-        json_path, png_path = write_results(results, FLAGS.output_dir)
-    except (ValueError, OSError, mnist.DatasetNotFoundError) as error:
-        print(f"capskeras-eval: error: {error}", file=sys.stderr)
+        datasets = report.check_datasets(FLAGS.datasets)
+        angles = parse_angles(FLAGS.angles)
+        if FLAGS.eval_examples < 0:
+            raise ValueError(
+                f"Received: eval_examples={FLAGS.eval_examples}; expected an int >= 0 (0 for all)"
+            )
+        if FLAGS.batch_size < 1:
+            raise ValueError(f"Received: batch_size={FLAGS.batch_size}; expected an int >= 1")
+        classifiers = load_classifiers(FLAGS.models, FLAGS.names)
+    except (ValueError, OSError) as error:
+        _stderr(f"error: {error}")
         sys.exit(2)
-    print(f"MNIST test accuracy, {results['eval_examples']:,} digits rotated counter-clockwise:")
-    print(format_table(results))
-    print(f"Wrote {json_path} and {png_path}")
+    results = report.evaluate_on_datasets(
+        classifiers, datasets, angles=angles, eval_examples=FLAGS.eval_examples,
+        batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir or None,
+        canvas_mismatch=FLAGS.canvas_mismatch, log=_log,
+    )
+    if not report.evaluated_cells(results):
+        _stderr("error: no model could be evaluated on any of the datasets "
+                f"{list(datasets)}; see the errors above")
+        sys.exit(1)
+    written = report.write_report(results, FLAGS.output_dir)
+    if "rotated_mnist" in datasets:
+        path = os.path.join(FLAGS.output_dir, JSON_FILE)
+        write_text_atomically(path, json.dumps(rotation_results(results), indent=2) + "\n")
+        written.append(path)
+    print(report.format_markdown_table(results))
+    print("Wrote " + ", ".join(written))
 
 
 def run():

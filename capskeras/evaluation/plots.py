@@ -84,14 +84,11 @@ def save_rotation_sweep_plot(sweeps, path, mark_angle=35.0, title=None):
     axis.set_ylabel("test accuracy (%)")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8, loc="best")
-    if title:
-        axis.set_title(title, fontsize=10)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save_accuracy_axes(figure, axis, path, title)
 
 
-def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None):
+def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None,
+                           row_labels=None):
     """Saves capsule-dimension perturbation grids, one block per digit.
 
     Each block has one row per capsule dimension and one column per
@@ -105,6 +102,8 @@ def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None)
         perturbations: the P offsets, to label the columns.
         titles: optional B block titles (e.g. the digit and its capsule).
         title: optional figure title.
+        row_labels: optional `[B][D]` labels of each block's rows; "dim 1"
+            ... "dim D" on the first block by default.
 
     Returns:
         `path`.
@@ -134,13 +133,68 @@ def save_perturbation_grid(blocks, path, perturbations, titles=None, title=None)
         axis.set_xticklabels([f"{value:+.2f}" for value in perturbations], rotation=90,
                              fontsize=6)
         axis.set_yticks((np.arange(dims) + 0.5) * height - 0.5)
-        axis.set_yticklabels([f"dim {d + 1}" for d in range(dims)] if index == 0 else [],
-                             fontsize=6)
+        if row_labels is not None:
+            labels = list(row_labels[index])
+        else:
+            labels = [f"dim {d + 1}" for d in range(dims)] if index == 0 else []
+        axis.set_yticklabels(labels, fontsize=6)
         axis.tick_params(length=0)
         if titles is not None:
             axis.set_title(titles[index], fontsize=8)
     if title:
         figure.suptitle(title, fontsize=9)
     figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def save_accuracy_bars(accuracies, path, anchors=None, title=None):
+    """Saves grouped bars: test accuracy per dataset, one bar per model.
+
+    Args:
+        accuracies: `{model name: {dataset: accuracy in [0, 1]}}`; datasets
+            a model was not evaluated on are simply absent.
+        path: the PNG file to write.
+        anchors: optional `{(label, dataset): accuracy in [0, 1]}`,
+            published figures drawn as labelled dashed marks over their
+            dataset's group.
+        title: optional figure title.
+
+    Returns:
+        `path`.
+    """
+    datasets = list(dict.fromkeys(d for values in accuracies.values() for d in values))
+    if not datasets:
+        raise ValueError("Received: no accuracies; expected at least one model's results")
+    models = list(accuracies)
+    width = 0.8 / len(models)
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.6 * len(datasets) + 2.0), 4.2))
+    for index, model in enumerate(models):
+        positions = [d + (index - (len(models) - 1) / 2) * width
+                     for d, name in enumerate(datasets) if name in accuracies[model]]
+        values = [100 * accuracies[model][name] for name in datasets if name in accuracies[model]]
+        axis.bar(positions, values, width=width * 0.95, label=model)
+    for (label, dataset), value in (anchors or {}).items():
+        if dataset not in datasets:
+            continue
+        centre = datasets.index(dataset)
+        axis.hlines(100 * value, centre - 0.45, centre + 0.45, colors="black",
+                    linestyles="--", linewidth=1)
+        axis.annotate(label.split(",")[0], xy=(centre + 0.45, 100 * value), fontsize=6,
+                      xytext=(2, -2), textcoords="offset points")
+    axis.set_xticks(range(len(datasets)))
+    axis.set_xticklabels(datasets)
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("test accuracy (%)")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=7, loc="lower left")
+    return _save_accuracy_axes(figure, axis, path, title)
+
+
+def _save_accuracy_axes(figure, axis, path, title):
+    """Titles, saves and closes an accuracy figure; returns `path`."""
+    if title:
+        axis.set_title(title, fontsize=10)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path

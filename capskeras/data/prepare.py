@@ -1,0 +1,52 @@
+"""Prepares the affNIST datasets from the shell.
+
+    python -m capskeras.data.prepare affnist_regen --data_dir=<dir>
+    python -m capskeras.data.prepare affnist_regen/small --data_dir=<dir>
+    python -m capskeras.data.prepare affnist --data_dir=<dir> --manual_dir=<dir with the zips>
+
+The same as `tfds build --imports=capskeras.data <name>`, for machines where
+the `tfds` command does not start (TFDS 4.9's command line imports
+apache-beam). MNIST for `affnist_regen` is read from `--data_dir` when it is
+prepared there, else from `$TFDS_DATA_DIR`.
+"""
+
+import tensorflow_datasets as tfds
+
+from capskeras.data import affnist
+from capskeras.data import mnist
+
+
+def prepare(name, data_dir=None, manual_dir=None):
+    """Prepares `name` (`affnist`, `affnist_regen` or `affnist_regen/<config>`).
+
+    Returns:
+        The prepared builder.
+    """
+    base = name.split("/")[0]
+    if base not in affnist.NAMES:
+        raise ValueError(f"Received: name={name!r}; expected one of {affnist.NAMES} (optionally /config)")
+    builder = tfds.builder(name, data_dir=mnist.resolve_data_dir(data_dir))
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(download_config=config)
+    return builder
+
+
+def _main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m capskeras.data.prepare",
+        description="Prepares the affnist or the (regenerated) affnist_regen TFDS dataset.",
+    )
+    parser.add_argument("name", help="affnist, affnist_regen or affnist_regen/small")
+    parser.add_argument("--data_dir", default=None,
+                        help="TFDS directory to write to; defaults to $TFDS_DATA_DIR")
+    parser.add_argument("--manual_dir", default=None,
+                        help="affnist: the directory holding the three *_batches.zip files")
+    args = parser.parse_args(argv)
+    builder = prepare(args.name, args.data_dir, args.manual_dir)
+    print(f"{builder.info.full_name}: {builder.data_dir}")
+
+
+if __name__ == "__main__":
+    _main()
