@@ -26,10 +26,10 @@ import tensorflow as tf
 
 from capskeras import export
 from capskeras.data import mnist
-from capskeras.evaluation import plots
 from capskeras.files import write_text_atomically
 from capskeras.models.contract import check_servable
 from capskeras.tasks import InputOptions
+from capskeras.training import figures
 from capskeras.training import loop
 from capskeras.training import run_dir
 from capskeras.training import strategy as strategies
@@ -206,7 +206,7 @@ class _Run:
             images, _ = next(iter(self.task.images("test", options, shuffle=False)))
             outputs = model.serving_outputs(images)
             if "reconstruction" in outputs:
-                results["reconstructions_png"] = plots.save_reconstruction_grid(
+                results["reconstructions_png"] = figures.save_reconstruction_grid(
                     images, outputs["reconstruction"],
                     os.path.join(config.model_dir, "reconstructions.png"),
                     title=f"{config.experiment}: test digits (top) and reconstructions",
