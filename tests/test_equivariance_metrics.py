@@ -9,7 +9,7 @@ import pytest
 
 from capskeras.evaluation import equivariance
 from capskeras.evaluation import judge
-from capskeras.models import build_model
+from capskeras.tasks import build_model
 from capskeras.models import build_study_model
 
 
@@ -215,7 +215,7 @@ def test_study_and_capsnet_models_as_code_models(tmp_path):
     np.testing.assert_allclose(out["codes"], np.asarray(study.encode(images)), rtol=1e-5, atol=1e-6)
 
     keras.utils.set_random_seed(0)
-    capsnet = equivariance.code_model_from_keras(build_model("capsnet", seed=0), "capsnet")
+    capsnet = equivariance.code_model_from_keras(build_model("capsnet"), "capsnet")
     out = equivariance.perturbation_sweeps(capsnet, images, scales=(-1.0, 0.0, 1.0))
     assert out["images"].shape == (3, 16, 3, 28, 28)
     winners = out["elements"][:, 0] // 16

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from capskeras.data import affnist
 from capskeras.evaluation import generalization
 from capskeras.evaluation import report
-from capskeras.models import build_model
+from capskeras.tasks import build_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -42,7 +42,7 @@ def models(tmp_path_factory):
     for side in (28, 40):
         path = root / f"lenet5_{side}"
         path.mkdir()
-        build_model("lenet5", image_shape=(side, side, 1), seed=0).save(path / "model.keras")
+        build_model("lenet5", pad_to=side if side != 28 else 0).save(path / "model.keras")
         paths.append(str(path))
     return paths
 
