@@ -74,6 +74,24 @@ def test_family_settings_are_checked_and_named(tiny_cnn, tmp_path):
                           model_dir=str(tmp_path / "run")))
 
 
+def test_a_shared_setting_must_mean_the_same_in_every_family(tiny_cnn):
+    from absl import flags as absl_flags
+
+    from capskeras.training.flags import define_flags
+
+    @tasks.register_task("other_pad")
+    class OtherPad(tasks.Task):
+        @dataclasses.dataclass
+        class Settings(tasks.Task.Settings):
+            pad_to: int = setting(40, "Another canvas.")
+
+    try:
+        with pytest.raises(ValueError, match=r"setting 'pad_to' of .*--model=other_pad"):
+            define_flags(absl_flags.FlagValues())
+    finally:
+        del tasks.TASKS["other_pad"]
+
+
 def test_registering_a_name_twice_is_refused(tiny_cnn):
     with pytest.raises(ValueError, match="task name 'tiny_cnn'; it is already registered"):
         register_tiny_cnn()

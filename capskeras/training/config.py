@@ -64,14 +64,14 @@ class TrainConfig(Settings):
     )
     distribution_strategy: str = setting(
         "default", "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
-        choices=STRATEGIES, resume=FREE,
+        choices=STRATEGIES,
     )
     cpu_devices: int = setting(
         0, "Split the host CPU into N logical devices (to try mirrored on one CPU); 0 leaves it whole.",
-        check=at_least(0), resume=FREE,
+        check=at_least(0),
     )
     jit_compile: bool = setting(False, "Compile the train step with XLA.", resume=FREE)
-    precision: str = setting("float32", "Keras dtype policy.", choices=PRECISIONS)
+    precision: str = setting("float32", "Keras dtype policy.", choices=PRECISIONS, resume=MODEL)
     checkpoint_every_steps: int = setting(
         250, "Also checkpoint every N steps within an epoch (with the input position); "
         "0 for epoch ends only.", check=at_least(0), resume=FREE,
@@ -166,9 +166,8 @@ def trainer_fields():
     return [field for field in dataclasses.fields(TrainConfig) if field.name != "settings"]
 
 
-def resume_rules(config):
-    """`{name: rule}` for every trainer and task setting of `config`."""
-    rules = {field.name: field.metadata["resume"] for field in trainer_fields()}
-    rules.update({field.name: field.metadata["resume"]
-                  for field in dataclasses.fields(config.settings)})
-    return rules
+def setting_fields(config):
+    """`{name: field}` of every trainer and task setting of `config`."""
+    fields = {field.name: field for field in trainer_fields()}
+    fields.update({field.name: field for field in dataclasses.fields(config.settings)})
+    return fields

@@ -37,6 +37,7 @@ def define_flags(flag_values):
 def _define(fields, module_name, flag_values):
     for field in fields:
         if field.name in flag_values:
+            _check_same_setting(field, flag_values[field.name], module_name)
             flag_values.register_flag_by_module(module_name, flag_values[field.name])
             continue
         help_text = field.metadata["help"]
@@ -55,6 +56,18 @@ def _define(fields, module_name, flag_values):
             absl_flags.DEFINE_list(field.name, [str(v) for v in default], help_text, **common)
         else:
             absl_flags.DEFINE_string(field.name, default, help_text, **common)
+
+
+def _check_same_setting(field, flag, module_name):
+    """A setting several tasks share must mean one thing: same default and help."""
+    default = [str(v) for v in field.default] if field.type is tuple else field.default
+    if flag.default != default or not flag.help.endswith(field.metadata["help"]):
+        raise ValueError(
+            f"Received: setting {field.name!r} of {module_name!r} with default {default!r} "
+            f"and help {field.metadata['help']!r}; another task defines --{field.name} with "
+            f"default {flag.default!r} and help {flag.help!r}. Expected the same, or "
+            "another name"
+        )
 
 
 def config_from_flags(flag_values):

@@ -62,8 +62,9 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
         checkpoint_every_steps: also save every N steps; 0 for epoch ends only.
         keep: checkpoints kept.
         worker_id: this worker's index; 0 writes `directory` itself.
-        restore_input: restore the input position; False when the input
-            pipeline changed since the checkpoint (it then restarts).
+        restore_input: restore the input position; False when settings
+            changed since the checkpoint: the current epoch then starts over
+            in a fresh pipeline.
         callbacks: Keras callbacks (`on_epoch_*`, `on_train_batch_end`, ...).
         verbose: 0 silent, 1 progress bar, 2 a line per epoch.
         jit_compile: compile the per-replica step with XLA.
@@ -83,22 +84,24 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
     iterator = iter(_worker_batches(dataset, strategy, batch_size, worker_id).repeat())
-    state = dict(weights=_weights_by_name(model), optimizer=model.optimizer,
+    state = dict(weights=_weights_by_position(model), optimizer=model.optimizer,
                  seeds=_seed_states(model), epoch=epoch, step=step)
-    checkpoint = tf.train.Checkpoint(**state, input=iterator)
-    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
-    history = _read_history(directory)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(**state, input=iterator), directory, max_to_keep=keep)
     resumed_from = None
+    history = []
     if manager.latest_checkpoint:
-        if restore_input:
-            checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        else:
-            tf.train.Checkpoint(**state).restore(manager.latest_checkpoint).expect_partial()
+        restored = tf.train.Checkpoint(**state, **({"input": iterator} if restore_input else {}))
+        restored.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if not restore_input:
+            step.assign(0)  # The current epoch starts over in a fresh pipeline.
         resumed_from = {"epoch": int(epoch.numpy()), "step": int(step.numpy())}
-        history = [record for record in history if record["epoch"] <= resumed_from["epoch"]]
+        history = [record for record in _read_history(directory)
+                   if record["epoch"] <= resumed_from["epoch"]]
         logging.info("Resuming %s from epoch %d, step %d of %d (%s)", model.name,
                      resumed_from["epoch"], resumed_from["step"], steps_per_epoch,
                      manager.latest_checkpoint)
+    _check_workers_agree(strategy, int(epoch.numpy()) * steps_per_epoch + int(step.numpy()))
 
     train_step = _train_function(model, strategy, jit_compile, worker_id)
     callback_list = keras.callbacks.CallbackList(
@@ -106,8 +109,8 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
         verbose=verbose, epochs=epochs, steps=steps_per_epoch,
     )
 
-    def save():
-        _check_finite_weights(model, int(epoch.numpy()), int(step.numpy()))
+    def save(finished_epoch, finished_step):
+        _check_finite_weights(model, finished_epoch, finished_step)
         manager.save(checkpoint_number=int(epoch.numpy()) * steps_per_epoch + int(step.numpy()))
 
     callback_list.on_train_begin()
@@ -133,16 +136,15 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
             done = int(step.numpy())
             if checkpoint_every_steps and done % checkpoint_every_steps == 0 \
                     and done < steps_per_epoch:
-                save()
+                save(current + 1, done)
         epoch.assign_add(1)
         step.assign(0)
         history.append({"epoch": current + 1, **logs})
         callback_list.on_epoch_end(current, logs)
+        save(current + 1, steps_per_epoch)
         if worker_id == 0:
-            os.makedirs(directory, exist_ok=True)
             write_text_atomically(os.path.join(directory, HISTORY_FILE),
                                   json.dumps(history, indent=2))
-        save()
     callback_list.on_train_end(history[-1] if history else {})
     return {"epochs": int(epoch.numpy()), "resumed_from": resumed_from, "history": history}
 
@@ -202,23 +204,46 @@ def _results(model):
     return {name: float(value) for name, value in model.get_metrics_result().items()}
 
 
-def _weights_by_name(model):
-    """Every weight of `model`, trainable or not, under its position and path."""
-    return {f"{index:04d}.{weight.path.replace('/', '.')}": weight
-            for index, weight in enumerate(model.weights)}
+def _weights_by_position(model):
+    """Every weight of `model`, trainable or not, by its position.
+
+    Positions, not paths: auto-generated names (`conv2d_1`, `seed_generator_8`)
+    depend on what the process built before, while the model's settings fix
+    the order of its weights.
+    """
+    return {f"{index:04d}": weight for index, weight in enumerate(model.weights)}
 
 
 def _seed_states(model):
-    """The state variables of the model's random seed generators (dropout)."""
-    return {variable.path.replace("/", "."): variable for variable in model.variables
-            if variable.path.endswith("seed_generator_state")}
+    """The state variables of the model's random seed generators (dropout), by position."""
+    states = [variable for variable in model.variables
+              if variable.path.endswith("seed_generator_state")]
+    return {f"{index:02d}": variable for index, variable in enumerate(states)}
+
+
+def _check_workers_agree(strategy, position):
+    """Raises unless every worker resumes from the same step (all start together)."""
+    workers, _ = replicas_per_worker(strategy)
+    if workers == 1:
+        return
+    value = tf.constant(position, tf.int64)
+    per_replica = strategy.run(lambda: tf.identity(value))
+    lowest = int(strategy.reduce(tf.distribute.ReduceOp.MIN, per_replica, axis=None))
+    highest = int(strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None))
+    if lowest != highest:
+        raise RuntimeError(
+            f"The workers' checkpoints are at different steps (from {lowest} to {highest}); "
+            "every worker must resume from the same one. Expected the same --model_dir with "
+            "all workers' checkpoints, or a new --model_dir"
+        )
 
 
 def _check_finite_weights(model, epoch, step):
+    """Raises before a save when a weight is NaN or infinite (epoch counted from 1)."""
     for variable in model.trainable_variables:
         if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable.value))):
             raise NonFiniteLossError(
-                f"Weight {variable.path} became non-finite at epoch {epoch + 1}, step {step} "
+                f"Weight {variable.path} became non-finite at epoch {epoch}, step {step} "
                 f"of {model.name}; training stopped before saving it"
             )
 

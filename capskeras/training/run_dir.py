@@ -1,6 +1,6 @@
 """What a model directory holds, and whether a new request may continue it.
 
-    <model_dir>/config.json, flags.cfg   the settings the run started with
+    <model_dir>/config.json, flags.cfg   the settings the run goes by
     <model_dir>/resumes.jsonl            one line per resume: when, what changed
     <model_dir>/checkpoints/             the model's training (see loop.py)
     <model_dir>/<stage>/checkpoints/     each pretraining stage's
@@ -14,7 +14,7 @@ import time
 from capskeras.files import write_text_atomically
 from capskeras.settings import FREE
 from capskeras.settings import MODEL
-from capskeras.training.config import resume_rules
+from capskeras.training.config import setting_fields
 
 CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.cfg"
@@ -77,13 +77,15 @@ def changed_settings(config):
     saved = saved_settings(config.model_dir)
     if saved is None:
         return {}
-    rules = resume_rules(config)
+    fields = setting_fields(config)
+    rules = {name: field.metadata["resume"] for name, field in fields.items()}
     changes = {}
     for name, requested in config.to_flat().items():
         if rules[name] == FREE:
             continue
-        recorded = saved.get(name)
-        if isinstance(requested, tuple) and recorded is not None:
+        # A setting added since the run started had its default then.
+        recorded = saved.get(name, fields[name].default)
+        if isinstance(requested, tuple):
             recorded = tuple(recorded)
         if recorded != requested:
             changes[name] = (recorded, requested)
@@ -136,11 +138,17 @@ def check_stages(config, stages):
 
 
 def record_start(config, changes):
-    """Writes the settings of a new run, or logs a resume in `resumes.jsonl`."""
+    """Writes the settings of a new run, or logs a resume in `resumes.jsonl`.
+
+    A resume under changed settings (`--allow_setting_changes`) also
+    rewrites `config.json` and `flags.cfg`: the run goes on under them.
+    """
     os.makedirs(config.model_dir, exist_ok=True)
-    if saved_settings(config.model_dir) is None:
+    new_run = saved_settings(config.model_dir) is None
+    if new_run or changes:
         write_text_atomically(os.path.join(config.model_dir, CONFIG_FILE), config.to_json())
         write_text_atomically(os.path.join(config.model_dir, FLAGS_FILE), config.to_flagfile())
+    if new_run:
         return
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "changed": {name: list(change) for name, change in changes.items()}}

@@ -47,6 +47,11 @@ def check_strategy(name):
                 '"task": {"type": "worker", "index": 0}}'
             ) from None
         task = tf_config.get("task", {})
+        if task and not tf_config.get("cluster"):
+            raise ValueError(
+                f"Received: TF_CONFIG with task {task!r} and no cluster; expected the "
+                "cluster's workers beside this task"
+            )
         if tf_config.get("cluster") and task.get("type") not in ("chief", "worker"):
             raise ValueError(
                 f"Received: TF_CONFIG task {task!r}; expected a task of type 'chief' or "

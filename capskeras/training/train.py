@@ -96,7 +96,10 @@ class _Run:
         self.config = config
         self.changes = changes
         self.task = config.task()
-        self.chief = strategies.is_chief()
+        multi_worker = config.distribution_strategy == "multi_worker"
+        # TF_CONFIG speaks only for multi_worker runs; any other run is its own chief.
+        self.chief = strategies.is_chief() if multi_worker else True
+        self.worker = strategies.worker_index() if multi_worker else 0
         self.verbose = config.verbose if config.verbose >= 0 else (
             1 if sys.stdout.isatty() else 2)
 
@@ -106,8 +109,7 @@ class _Run:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(config.seed)
         self.strategy = strategies.make_strategy(config.distribution_strategy)
-        self.worker = strategies.worker_index() if config.distribution_strategy == "multi_worker" \
-            else 0
+        self.steps_per_epoch = self._steps_per_epoch()
         if self.chief:
             run_dir.record_start(config, self.changes)
         results = {
@@ -133,17 +135,7 @@ class _Run:
         """Builds, trains and evaluates one stage's model; returns it and its metrics."""
         config = self.config
         options = _input_options(config, "train")
-        examples = self.task.num_examples("train", options)
-        replicas = self.strategy.num_replicas_in_sync
-        if config.batch_size % replicas or (replicas > 1 and examples < config.batch_size):
-            raise ConfigurationError(
-                f"Received: batch_size={config.batch_size} for {replicas} replicas and "
-                f"{examples} training examples; expected a multiple of the number of "
-                "replicas, at most the number of examples"
-            )
-        # Several replicas drop the last partial batch (see loop.py).
-        rounding = math.ceil if replicas == 1 else math.floor
-        steps_per_epoch = max(1, rounding(examples / config.batch_size))
+        steps_per_epoch = self.steps_per_epoch
         with self.strategy.scope():
             model = _built(check_servable(build_model()), self.task.image_shape())
             model = _compile(model, config, steps_per_epoch)
@@ -181,6 +173,21 @@ class _Run:
             logging.info("%s %s test metrics: %s", config.experiment, stage_name or "model",
                          metrics["test"])
         return model, metrics
+
+    def _steps_per_epoch(self):
+        """Steps in an epoch; refuses a batch the replicas cannot share, before any write."""
+        config = self.config
+        examples = self.task.num_examples("train", _input_options(config, "train"))
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas or (replicas > 1 and examples < config.batch_size):
+            raise ConfigurationError(
+                f"Received: batch_size={config.batch_size} for {replicas} replicas and "
+                f"{examples} training examples; expected a multiple of the number of "
+                "replicas, at most the number of examples"
+            )
+        # Several replicas drop the last partial batch (see loop.py).
+        rounding = math.ceil if replicas == 1 else math.floor
+        return max(1, rounding(examples / config.batch_size))
 
     def _local(self, model):
         """`model` itself, or under a strategy a copy of it with plain variables."""
