@@ -5,11 +5,12 @@
 `train(TrainConfig(...))` runs the same job from Python. The task named by
 `--model` (`capskeras.tasks`) supplies the model, its inputs and any
 pretraining stages; this module runs them with `capskeras.training.loop` and
-writes to `--model_dir`: `config.json` and `flags.cfg` (the settings the run
-started with), `checkpoints/` (resumed from automatically), `logs/`
+writes to `--model_dir`: `config.json` and `flags.cfg` (the run's
+settings), `checkpoints/` (resumed from automatically), `logs/`
 (TensorBoard), `metrics.json`, `model.keras` and, for reconstruction
 models, `reconstructions.png`; with `--export_dir` it also exports a
-SavedModel. Every check of the request runs before any work (`preflight`).
+SavedModel. Every check of the request runs before anything is written
+(`preflight`, and the replicas' share of the batch once the strategy exists).
 """
 
 import json
