@@ -226,13 +226,15 @@ def _check_workers_agree(strategy, position):
     workers, _ = replicas_per_worker(strategy)
     if workers == 1:
         return
-    value = tf.constant(position, tf.int64)
+    # ReduceOp has SUM and MEAN only: the positions are all equal exactly when
+    # (sum x)^2 == n * sum x^2, which every worker computes alike.
+    value = tf.constant([position, position * position, 1], tf.int64)
     per_replica = strategy.run(lambda: tf.identity(value))
-    lowest = int(strategy.reduce(tf.distribute.ReduceOp.MIN, per_replica, axis=None))
-    highest = int(strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None))
-    if lowest != highest:
+    total, squares, count = (int(v) for v in strategy.reduce(
+        tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+    if total * total != count * squares:
         raise RuntimeError(
-            f"The workers' checkpoints are at different steps (from {lowest} to {highest}); "
+            f"The workers' checkpoints are at different steps (this one at {position}); "
             "every worker must resume from the same one. Expected the same --model_dir with "
             "all workers' checkpoints, or a new --model_dir"
         )
