@@ -63,6 +63,25 @@ def test_conv_input_gradient_is_counted_at_its_forward_cost_where_used():
     assert train.by_op_type["Conv2DBackpropInput"] == second
 
 
+def test_batched_matmul_gradients_counted_with_their_adjoints():
+    """`c [1 x I] @ u [I x E]`, CapsNet's routing sum: its gradients are matmuls too."""
+    batch, inner, outer = 3, 7, 4
+    couplings, predictions = tf.zeros((batch, 1, inner)), tf.zeros((batch, inner, outer))
+
+    def step(c, u):
+        with tf.GradientTape() as tape:
+            tape.watch([c, u])
+            total = tf.reduce_sum(tf.matmul(c, u))
+        return total, tape.gradient(total, [c, u])
+
+    graph = tf.function(step).get_concrete_function(couplings, predictions).graph
+    counted = benchmarking.graph_flops(graph).by_op_type["BatchMatMulV2"]
+    forward = 2 * batch * inner * outer
+    # dL/dc = g [1 x E] @ u^T [E x I]: the forward's work; dL/du = c^T [I x 1] @ g [1 x E]:
+    # an outer product, 2 x B x I x E (TensorFlow's statistic: I times that).
+    assert counted == 3 * forward
+
+
 def _dense_workload(units, batch_size=8):
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(units), keras.layers.Dense(10)])

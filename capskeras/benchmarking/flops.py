@@ -1,15 +1,23 @@
 """FLOPs of a traced graph, counted op by op with TensorFlow's statistics.
 
-TensorFlow registers a FLOPs statistic for most arithmetic ops. Two of them
-are wrong for capskeras's convolutions: the statistics of
-`Conv2DBackpropInput` and `Conv2DBackpropFilter` count the input's spatial
-size divided by the stride squared where the convolution's output size
-belongs, which equals it only for "same" padding. For CapsNet's "valid"
-9x9 convolutions that is 784 positions for 400 (conv1) and 100 for 36 (the
-primary capsules), so their backward pass counted 2 to 2.8 times its work.
-`op_flops` counts both as their forward convolution: 2 x the gradient's
-elements (the convolution's output) x the filter's spatial size x its input
-channels. And only ops that the graph's outputs depend on are counted: a
+TensorFlow registers a FLOPs statistic for most arithmetic ops. Three of
+them are wrong for what capskeras trains, and `op_flops` counts them itself:
+
+- `Conv2DBackpropInput` and `Conv2DBackpropFilter` count the input's
+  spatial size divided by the stride squared where the convolution's output
+  size belongs, which equals it only for "same" padding. For CapsNet's
+  "valid" 9x9 convolutions that is 784 positions for 400 (conv1) and 100
+  for 36 (the primary capsules): their backward pass counted 2 to 2.8 times
+  its work. Counted here as their forward convolution: 2 x the gradient's
+  elements (the convolution's output) x the filter's spatial size x its
+  input channels.
+- `BatchMatMul` reads an attribute `transpose_a` that batched matmuls do
+  not have (theirs is `adj_x`), so the gradients that multiply by an
+  adjoint take the wrong contraction size: the gradient of CapsNet's
+  routing sum `c [1 x I] @ u_hat [I x E]` with respect to `u_hat`, an outer
+  product, counted 1,152 times its work. Counted here with `adj_x`.
+
+And only ops that the graph's outputs depend on are counted: a
 training step's graph also holds the first layer's input gradient, which
 nothing uses and TensorFlow prunes when it runs.
 """
@@ -34,6 +42,7 @@ NO_ARITHMETIC_OPS = frozenset(
 )
 
 _CONV_BACKPROP_OPS = frozenset({"Conv2DBackpropInput", "Conv2DBackpropFilter"})
+_BATCH_MATMUL_OPS = frozenset({"BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"})
 
 
 @dataclasses.dataclass
@@ -66,6 +75,12 @@ def op_flops(graph, op):
             return None
         height, width, in_channels, _ = filter_shape.as_list()
         return 2 * gradient_elements * height * width * in_channels
+    if op.type in _BATCH_MATMUL_OPS:
+        a_shape, outputs = op.inputs[0].shape, op.outputs[0].shape.num_elements()
+        if a_shape.rank is None or outputs is None:
+            return None
+        contraction = a_shape[-2] if op.get_attr("adj_x") else a_shape[-1]
+        return None if contraction is None else 2 * int(contraction) * outputs
     try:
         return tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
     except ValueError:  # Registered, but the shapes are not static.
