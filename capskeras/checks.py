@@ -5,3 +5,15 @@ def check_positive_int(name, value):
     """Raises ValueError unless `value` is an int >= 1 (a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Received: {name}={value!r}; expected an int >= 1")
+
+
+def check_positive_int_pair(name, value):
+    """`value` as a pair of ints >= 1 (an int stands for both); ValueError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    ):
+        raise ValueError(f"Received: {name}={value!r}; expected an int >= 1 or a pair of them")
+    return value

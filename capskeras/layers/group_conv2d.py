@@ -4,18 +4,8 @@ import keras
 from keras import ops
 
 from capskeras.checks import check_positive_int
+from capskeras.checks import check_positive_int_pair
 from capskeras.layers import group_algebra
-
-
-def _pair(name, value):
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    value = tuple(value)
-    if len(value) != 2:
-        raise ValueError(f"Received: {name}={value!r}; expected an int or a tuple of 2 ints")
-    for item in value:
-        check_positive_int(name, item)
-    return value
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -118,7 +108,7 @@ class GroupConv2D(keras.layers.Layer):
         super().__init__(**kwargs)
         check_positive_int("filters", filters)
         self.filters = filters
-        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.kernel_size = check_positive_int_pair("kernel_size", kernel_size)
         if self.kernel_size[0] != self.kernel_size[1]:
             raise ValueError(
                 f"Received: kernel_size={kernel_size!r}; expected a square kernel "
@@ -129,7 +119,7 @@ class GroupConv2D(keras.layers.Layer):
         if not isinstance(lifting, bool):
             raise ValueError(f"Received: lifting={lifting!r}; expected a bool")
         self.lifting = lifting
-        self.strides = _pair("strides", strides)
+        self.strides = check_positive_int_pair("strides", strides)
         if padding not in ("valid", "same"):
             raise ValueError(f"Received: padding={padding!r}; expected 'valid' or 'same'")
         self.padding = padding

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from capskeras.checks import check_positive_int
+from capskeras.checks import check_positive_int_pair
 
 _NORMALIZATIONS = ("unit_total", "layer_norm")
 _SELECTIONS = ("capsule", "unit")
@@ -156,8 +157,8 @@ class PredCapsLayer(keras.layers.Layer):
             check_positive_int("inference_k", inference_k)
         self.capsules = capsules
         self.capsule_dim = capsule_dim
-        self.kernel_size = _pair("kernel_size", kernel_size)
-        self.strides = _pair("strides", strides)
+        self.kernel_size = check_positive_int_pair("kernel_size", kernel_size)
+        self.strides = check_positive_int_pair("strides", strides)
         self.k = k
         self.inference_k = inference_k
         if padding not in _PADDINGS:
@@ -362,15 +363,3 @@ class PredCapsLayer(keras.layers.Layer):
             }
         )
         return config
-
-
-def _pair(name, value):
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    value = tuple(value)
-    if len(value) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
-    ):
-        raise ValueError(f"Received: {name}={value!r}; expected an int >= 1 or a pair of them")
-    return value
-
