@@ -1,4 +1,4 @@
-"""Capsule network losses: margin loss and reconstruction loss.
+"""Capsule network losses: margin, spread and reconstruction losses.
 
 The functions follow the Keras loss signature `fn(y_true, y_pred)` and return
 one value per sample (shape `[batch]`), so Keras applies sample weights and
@@ -214,3 +214,121 @@ class ReconstructionLoss(keras.losses.Loss):
         config = super().get_config()
         config.update({"scale": self.scale})
         return config
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+def spread_loss(y_true, y_pred, margin=0.9):
+    """Spread loss of Hinton, Sabour and Frosst (2018), per sample.
+
+    `L = sum_{i != t} max(0, margin - (a_t - a_i))^2`: every wrong class's
+    activation must sit `margin` below the target's.
+
+    Args:
+        y_true: One-hot targets `(batch, K)`, or integer labels `(batch,)` or
+            `(batch, 1)`.
+        y_pred: Class activations `(batch, K)`, e.g. from
+            `ClassMatrixCapsules`.
+        margin: Float or scalar tensor; the paper grows it from 0.2 to 0.9
+            during training (`SpreadMarginSchedule`).
+
+    Returns:
+        Loss per sample, shape `(batch,)`.
+
+    Example:
+
+    ```python
+    spread_loss([0], [[0.9, 0.5, 0.1]], margin=0.5)
+    # [max(0, 0.5 - 0.4)**2 + max(0, 0.5 - 0.8)**2] = [0.01]
+    ```
+
+    Reference:
+        Hinton, Sabour and Frosst, "Matrix capsules with EM routing",
+        ICLR 2018, section 3.1. https://openreview.net/forum?id=HJWLfGWRb
+    """
+    y_pred = _as_float(y_pred)
+    targets = _one_hot_targets(y_true, y_pred.shape[-1], y_pred.dtype)
+    target_activation = ops.sum(targets * y_pred, axis=-1, keepdims=True)
+    margin = ops.cast(margin, y_pred.dtype)
+    gaps = ops.square(ops.relu(margin - (target_activation - y_pred)))
+    return ops.sum((1.0 - targets) * gaps, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+class SpreadLoss(keras.losses.Loss):
+    """Spread loss of Hinton, Sabour and Frosst (2018) as a `keras.losses.Loss`.
+
+    See `spread_loss`. The margin may be a float or a scalar variable that
+    the training step updates (`EmCapsNet` moves it along a
+    `SpreadMarginSchedule`); it is read at every call.
+
+    Args:
+        margin: Float or scalar variable. Defaults to `0.9`.
+        reduction: Keras reduction. Defaults to `"sum_over_batch_size"`.
+        name: Loss name. Defaults to `"spread_loss"`.
+        dtype: Dtype of the loss computation. Defaults to `None` (floatx).
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss=SpreadLoss(margin=0.9))
+    ```
+
+    Reference:
+        Hinton, Sabour and Frosst, "Matrix capsules with EM routing",
+        ICLR 2018, section 3.1. https://openreview.net/forum?id=HJWLfGWRb
+    """
+
+    def __init__(self, margin=0.9, reduction="sum_over_batch_size", name="spread_loss",
+                 dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.margin = margin
+
+    def call(self, y_true, y_pred):
+        return spread_loss(y_true, y_pred, margin=self.margin)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"margin": float(ops.convert_to_numpy(self.margin))})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+class SpreadMarginSchedule:
+    """The spread loss's margin, growing linearly from `start` to `stop` over `steps`.
+
+    Args:
+        start: Margin at step 0. Defaults to `0.2`, as in the paper.
+        stop: Margin from step `steps` on. Defaults to `0.9`.
+        steps: Positive int, training steps of the ramp.
+
+    Example:
+
+    >>> schedule = SpreadMarginSchedule(steps=1000)
+    >>> float(schedule(500))
+    0.55
+
+    Reference:
+        Hinton, Sabour and Frosst, "Matrix capsules with EM routing",
+        ICLR 2018, section 3.1. https://openreview.net/forum?id=HJWLfGWRb
+    """
+
+    def __init__(self, start=0.2, stop=0.9, steps=10000):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"Received: steps={steps!r}; expected an int >= 1")
+        if not 0.0 <= start <= stop:
+            raise ValueError(
+                f"Received: start={start!r}, stop={stop!r}; expected 0 <= start <= stop")
+        self.start = float(start)
+        self.stop = float(stop)
+        self.steps = steps
+
+    def __call__(self, step):
+        progress = ops.minimum(ops.cast(step, "float32") / float(self.steps), 1.0)
+        return self.start + (self.stop - self.start) * progress
+
+    def get_config(self):
+        return {"start": self.start, "stop": self.stop, "steps": self.steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,184 @@
+"""ConvMatrixCapsules: convolutional matrix capsules routed by EM."""
+
+import keras
+from keras import ops
+
+from capskeras import xla
+from capskeras.checks import check_positive_float
+from capskeras.checks import check_positive_int
+from capskeras.layers import em_routing
+from capskeras.layers.em_routing import POSE_SHAPE
+
+
+@keras.saving.register_keras_serializable(package="capskeras")
+class ConvMatrixCapsules(keras.layers.Layer):
+    """Convolutional matrix capsules with EM routing.
+
+    Every parent (type `c` at output position `p`) receives the votes
+    `V_ij = M_i W_ij` of the `K * K * B` children in its window, with one
+    4x4 `W` per (kernel offset, input type, output type), shared over
+    positions. EM routing (`capskeras.layers.em_routing`, which documents
+    its constants) then fits a Gaussian per parent: its mean is the
+    parent's pose, its fit the parent's activation. A child's routing
+    weights are normalised over every parent that receives it, all types
+    at all positions whose window contains it, so overlapping parents
+    compete for their shared children. Padding is `"valid"`.
+
+    Args:
+        capsule_types: Positive int, output capsule types `C` per position.
+        kernel_size: Positive int `K`, the square window.
+        strides: Positive int `s`. Defaults to `1`.
+        routing_iterations: Positive int, EM iterations. Defaults to `3`.
+        inverse_temperature: Positive float, `lambda` of the last
+            iteration; iteration `t` of `T` uses `lambda * t / T`.
+            Defaults to `1.0`.
+        variance_floor: Positive float added to every parent's variance.
+            Defaults to `1e-4`.
+        kernel_initializer: Initializer for the transforms `W`. Defaults to
+            a truncated normal of stddev 0.5, which keeps the votes of
+            unit-scale poses at unit scale (each vote entry sums 4 products).
+        routing_jit_compile: `"auto"`, `True` or `False`, as in
+            `CapsuleDense`: where votes and routing run as one XLA cluster.
+            `"auto"` compiles inside Keras's `fit`, `evaluate` and
+            `predict` steps only, so exports hold plain kernels.
+        **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: a tuple `(poses, activations)`, as `PrimaryMatrixCapsules`
+            returns.
+
+    Input shape:
+        `(batch, H, W, B, 4, 4)` and `(batch, H, W, B)`, `H`, `W`, `B` known.
+
+    Output shape:
+        A tuple `(poses, activations)`: `(batch, H', W', C, 4, 4)` and
+        `(batch, H', W', C)` with `H' = (H - K) // s + 1`.
+
+    Weights:
+        `kernel` `(K * K * B, C, 4, 4)`, kernel offset-major then input type;
+        `beta_u` and `beta_a` `(C,)`.
+
+    Example:
+
+    ```python
+    poses = keras.Input((12, 12, 8, 4, 4))
+    activations = keras.Input((12, 12, 8))
+    out_poses, out_activations = ConvMatrixCapsules(16, 3, strides=2)(
+        (poses, activations))
+    # out_poses.shape == (None, 5, 5, 16, 4, 4)
+    ```
+
+    Reference:
+        Hinton, Sabour and Frosst, "Matrix capsules with EM routing",
+        ICLR 2018. https://openreview.net/forum?id=HJWLfGWRb
+    """
+
+    def __init__(self, capsule_types, kernel_size, strides=1, routing_iterations=3,
+                 inverse_temperature=1.0, variance_floor=1e-4,
+                 kernel_initializer=None, routing_jit_compile="auto", **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("capsule_types", capsule_types)
+        check_positive_int("kernel_size", kernel_size)
+        check_positive_int("strides", strides)
+        check_positive_int("routing_iterations", routing_iterations)
+        check_positive_float("inverse_temperature", inverse_temperature)
+        check_positive_float("variance_floor", variance_floor)
+        em_routing.check_routing_jit_compile(routing_jit_compile)
+        self.capsule_types = capsule_types
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.routing_iterations = routing_iterations
+        self.inverse_temperature = float(inverse_temperature)
+        self.variance_floor = float(variance_floor)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.5))
+        self.routing_jit_compile = routing_jit_compile
+
+    def _check_input_shape(self, input_shape):
+        poses_shape, activations_shape = em_routing.capsule_input_shapes(
+            input_shape, "ConvMatrixCapsules")
+        height, width = poses_shape[1], poses_shape[2]
+        if min(height, width) < self.kernel_size:
+            raise ValueError(
+                f"Received: kernel_size={self.kernel_size} for a {height}x{width} capsule grid; "
+                "expected a kernel no larger than the grid"
+            )
+        return poses_shape, activations_shape
+
+    def build(self, input_shape):
+        poses_shape, _ = self._check_input_shape(input_shape)
+        input_types = poses_shape[3]
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.kernel_size * self.kernel_size * input_types, self.capsule_types)
+            + POSE_SHAPE,
+            initializer=self.kernel_initializer,
+        )
+        self.beta_u = self.add_weight(name="beta_u", shape=(self.capsule_types,),
+                                      initializer="zeros")
+        self.beta_a = self.add_weight(name="beta_a", shape=(self.capsule_types,),
+                                      initializer="zeros")
+
+    def call(self, inputs):
+        poses, activations = inputs
+        route = (_compiled_conv_routing if em_routing.compiles_routing(self.routing_jit_compile)
+                 else conv_routing)
+        out_poses, out_activations = route(
+            ops.cast(poses, "float32"), ops.cast(activations, "float32"),
+            ops.cast(self.kernel, "float32"), ops.cast(self.beta_u, "float32"),
+            ops.cast(self.beta_a, "float32"), self.kernel_size, self.strides,
+            self.routing_iterations, self.inverse_temperature, self.variance_floor)
+        return (ops.cast(out_poses, self.compute_dtype),
+                ops.cast(out_activations, self.compute_dtype))
+
+    def compute_output_shape(self, input_shape):
+        poses_shape, _ = self._check_input_shape(input_shape)
+        rows = em_routing.window_count(poses_shape[1], self.kernel_size, self.strides)
+        cols = em_routing.window_count(poses_shape[2], self.kernel_size, self.strides)
+        grid = (poses_shape[0], rows, cols, self.capsule_types)
+        return grid + POSE_SHAPE, grid
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "capsule_types": self.capsule_types,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "routing_iterations": self.routing_iterations,
+            "inverse_temperature": self.inverse_temperature,
+            "variance_floor": self.variance_floor,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "routing_jit_compile": self.routing_jit_compile,
+        })
+        return config
+
+
+def conv_routing(poses, activations, kernel, beta_u, beta_a, kernel_size, strides,
+                 iterations, inverse_temperature, variance_floor):
+    """Votes of every window and EM routing over them; see `ConvMatrixCapsules`."""
+    height, width, input_types = poses.shape[1], poses.shape[2], poses.shape[3]
+    rows = em_routing.window_count(height, kernel_size, strides)
+    cols = em_routing.window_count(width, kernel_size, strides)
+    children = kernel_size * kernel_size * input_types
+    # Child slot (kernel offset, input type) first: [K*K, B, b, H', W', ...].
+    window_poses = em_routing.extract_windows(
+        ops.transpose(poses, (3, 0, 1, 2, 4, 5)), kernel_size, strides, axis=2)
+    window_activations = em_routing.extract_windows(
+        ops.transpose(activations, (3, 0, 1, 2)), kernel_size, strides, axis=2)
+    votes = em_routing.matrix_votes(
+        ops.reshape(window_poses, (children, -1, rows * cols) + POSE_SHAPE), kernel)
+    # Children covered by some window, shared out among all parents.
+    covered = ((rows - 1) * strides + kernel_size) * ((cols - 1) * strides + kernel_size)
+    parent_mass = covered * input_types / (rows * cols * kernel.shape[1])
+    window_activations = ops.transpose(
+        ops.reshape(window_activations, (children, -1, rows * cols)), (1, 2, 0))
+    out_poses, out_activations = em_routing.em_routing(
+        votes, window_activations, beta_u, beta_a,
+        iterations, em_routing.window_softmax((height, width), kernel_size, strides),
+        parent_mass, inverse_temperature, variance_floor)
+    parent_types = kernel.shape[1]
+    return (ops.reshape(out_poses, (-1, rows, cols, parent_types) + POSE_SHAPE),
+            ops.reshape(out_activations, (-1, rows, cols, parent_types)))
+
+
+_compiled_conv_routing = xla.compiled(conv_routing)

@@ -1,0 +1,286 @@
+"""EM routing between matrix capsules (Hinton, Sabour and Frosst 2018).
+
+The functions here are shared by `ConvMatrixCapsules` and
+`ClassMatrixCapsules`; they are not layers. The votes, the
+largest tensor of a layer, are written once (one batched matmul per child
+slot) and only read afterwards, laid out `[batch, positions P, parent
+types C, children I, 16]`: the `I` children of each parent are
+contiguous, so the M-step is a batched vector-matrix product over the
+votes and the E-step a batched matrix-vector product.
+
+Choices the paper leaves open, and why:
+
+- Cost scaling: `sum_i r_ij` is divided by the mean amount of data a
+  parent receives when every child splits itself evenly among its parents
+  (`children / parents` of the layer). Without it the cost of a parent
+  with many children (class capsules: hundreds) and one with few
+  (convolutional capsules: K*K*B) differ by orders of magnitude and the
+  activations of one kind saturate (Gritzman 2019, pitfall 2).
+- Variance floor: `sigma^2 = max(E[V^2] - mu^2, 0) + variance_floor`, so a
+  parent with one child, or whose children agree exactly, has a finite
+  `log sigma` and finite gradients (pitfall 1).
+- Inverse temperature: `lambda_t = inverse_temperature * t / T` for
+  iteration `t` of `T`: the first iterations decide softly, the last one
+  at the full temperature.
+- Every ratio divides by its denominator plus `EPSILON`, every log takes a
+  log-sigmoid or a floored variance, and every softmax subtracts its
+  maximum, so no input, however large, small or degenerate, yields NaN.
+- `E[V^2] - mu^2` instead of `E[(V - mu)^2]`: the squared votes are
+  computed once and both steps stay reductions over stored tensors, which
+  keeps the gradient's saved tensors to the votes and their squares
+  instead of one vote-sized difference per iteration.
+
+All routing runs in float32 whatever the compute dtype.
+
+Reference:
+    Hinton, Sabour and Frosst, "Matrix capsules with EM routing", ICLR 2018,
+    Procedure 1. https://openreview.net/forum?id=HJWLfGWRb
+    Gritzman, "Avoiding Implementation Pitfalls of Matrix Capsules with EM
+    Routing by Hinton et al.", 2019. https://arxiv.org/abs/1907.00652
+"""
+
+import math
+
+from keras import ops
+
+from capskeras import xla
+
+POSE_SHAPE = (4, 4)
+POSE_SIZE = 16
+EPSILON = 1e-7
+# Half of log(2 pi), the Gaussian's normalising constant per pose entry.
+HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def check_routing_jit_compile(value):
+    """Raises ValueError unless `value` is `"auto"`, `True` or `False`."""
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(
+            f"Received: routing_jit_compile={value!r}; expected 'auto', True or False"
+        )
+
+
+def compiles_routing(routing_jit_compile):
+    """Whether a layer with this `routing_jit_compile` runs its routing under XLA now.
+
+    `"auto"` compiles inside the steps Keras traces for `fit`, `evaluate`
+    and `predict` (`capskeras.xla.in_keras_step`), so exports hold plain
+    kernels; `True` compiles wherever XLA is available; `False` never.
+    """
+    if routing_jit_compile == "auto":
+        return xla.in_keras_step()
+    return bool(routing_jit_compile) and xla.available()
+
+
+def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
+               parent_mass, inverse_temperature=1.0, variance_floor=1e-4):
+    """EM routing: parents' poses and activations from their children's votes.
+
+    Args:
+        votes: `[batch, P, C, I, 16]` float32, the vote `V_ij` of child `i`
+            for parent `j` (type `c` at position `p`).
+        child_activations: `[batch, P, I]` float32, `a_i` of the children
+            as each position sees them.
+        beta_u: `[C]`, the cost of a pose entry's spread, per parent type.
+        beta_a: `[C]`, the activation threshold, per parent type.
+        iterations: Python int >= 1.
+        normalize: `logits [batch, P, C, I] -> R`, the same shape, a
+            softmax over all the parents of each child; `normalize(0)` is
+            the uniform start.
+        parent_mass: Python float, children / parents of the layer (see
+            the module docstring).
+        inverse_temperature: Python float, `lambda` of the last iteration.
+        variance_floor: Python float added to every variance.
+
+    Returns:
+        `(poses, activations)`: `mu_j`, `[batch, P, C, 16]`, and `a_j`,
+        `[batch, P, C]`, both float32.
+    """
+    squared_votes = ops.square(votes)
+    routing = normalize(ops.zeros_like(votes[..., 0]))
+    child_activations = ops.expand_dims(child_activations, 2)  # [b, P, 1, I]
+    for iteration in range(1, iterations + 1):
+        # M-step.
+        assigned = routing * child_activations  # r_ij, [b, P, C, I]
+        total = ops.sum(assigned, axis=-1)  # [b, P, C]
+        weights = ops.expand_dims(assigned / (ops.expand_dims(total, -1) + EPSILON), 3)
+        mean = ops.squeeze(ops.matmul(weights, votes), 3)  # [b, P, C, 16]
+        mean_square = ops.squeeze(ops.matmul(weights, squared_votes), 3)
+        variance = ops.relu(mean_square - ops.square(mean)) + variance_floor
+        log_sigma = 0.5 * ops.log(variance)
+        cost = (ops.sum(log_sigma, axis=-1) + POSE_SIZE * beta_u) * (total / parent_mass)
+        temperature = inverse_temperature * iteration / iterations
+        activation_logits = temperature * (beta_a - cost)  # [b, P, C]
+        if iteration == iterations:
+            return mean, ops.sigmoid(activation_logits)
+        # E-step: log N(V_ij; mu_j, sigma_j), the square expanded as
+        # sum_h (V^2 - 2 V mu + mu^2) / (2 sigma^2).
+        inverse_variance = 0.5 / variance
+        quadratic = (_matvec(squared_votes, inverse_variance)
+                     - _matvec(votes, 2.0 * mean * inverse_variance))
+        log_density = -quadratic - ops.expand_dims(
+            ops.sum(ops.square(mean) * inverse_variance + log_sigma, axis=-1)
+            + POSE_SIZE * HALF_LOG_TWO_PI, -1)
+        routing = normalize(ops.expand_dims(ops.log_sigmoid(activation_logits), -1)
+                            + log_density)
+
+
+def _matvec(matrices, vectors):
+    """`[b, P, C, I, h] @ [b, P, C, h]` -> `[b, P, C, I]`."""
+    return ops.squeeze(ops.matmul(matrices, ops.expand_dims(vectors, -1)), -1)
+
+
+def softmax_over_types(logits):
+    """Softmax over axis 2 (parent types): for children with one position of parents."""
+    shifted = logits - ops.stop_gradient(ops.max(logits, axis=2, keepdims=True))
+    exponentials = ops.exp(shifted)
+    return exponentials / ops.sum(exponentials, axis=2, keepdims=True)
+
+
+def matrix_votes(poses, transforms):
+    """Votes `V = M W` of children for parent types, one matmul per child slot.
+
+    Args:
+        poses: `[I, batch, P, 4, 4]`, the children's pose matrices `M`,
+            child slot first.
+        transforms: `[I, C, 4, 4]`, one `W` per child slot and parent type.
+
+    Returns:
+        `[batch, P, C, I, 16]`: `V[b, p, c, i, 4 r + k] = sum_j M[i, b, p, r, j]
+        W[i, c, j, k]`.
+    """
+    slots, parent_types = transforms.shape[0], transforms.shape[1]
+    shape = ops.shape(poses)
+    votes = ops.matmul(  # [I, (b P 4), 4] @ [I, 4, (C 4)]
+        ops.reshape(poses, (slots, -1, POSE_SHAPE[1])),
+        ops.reshape(ops.transpose(transforms, (0, 2, 1, 3)),
+                    (slots, POSE_SHAPE[0], parent_types * POSE_SHAPE[1])),
+    )
+    votes = ops.reshape(votes, (slots, shape[1], shape[2], POSE_SHAPE[0], parent_types,
+                                POSE_SHAPE[1]))
+    votes = ops.transpose(votes, (1, 2, 4, 0, 3, 5))
+    return ops.reshape(votes, (shape[1], shape[2], parent_types, slots, POSE_SIZE))
+
+
+def window_count(size, kernel_size, strides):
+    """Parents along one axis of a valid convolution: `(size - K) // s + 1`."""
+    return (size - kernel_size) // strides + 1
+
+
+def extract_windows(grid, kernel_size, strides, axis):
+    """Every valid `K x K` window of a grid, window offsets stacked first.
+
+    Args:
+        grid: a tensor whose axes `axis` and `axis + 1` are the grid's
+            rows `H` and columns `W`.
+        axis: Python int >= 0.
+
+    Returns:
+        `[K * K, ...]`, offset `k = kh * K + kw`, then `grid`'s axes with
+        `H, W` replaced by the windows' positions `H', W'`.
+    """
+    height, width = grid.shape[axis], grid.shape[axis + 1]
+    rows = strides * (window_count(height, kernel_size, strides) - 1) + 1
+    cols = strides * (window_count(width, kernel_size, strides) - 1) + 1
+    leading = (slice(None),) * axis
+    return ops.stack(
+        [grid[leading + (slice(kh, kh + rows, strides), slice(kw, kw + cols, strides))]
+         for kh in range(kernel_size) for kw in range(kernel_size)],
+        axis=0,
+    )
+
+
+def fold_windows(windows, kernel_size, strides, grid_size, combine, fill):
+    """The inverse of `extract_windows` on the last two axes, overlaps combined.
+
+    Args:
+        windows: `[K * K, ..., H', W']`.
+        grid_size: `(H, W)` of the grid the windows came from.
+        combine: `ops.add` or `ops.maximum`, how values that land on one
+            grid cell (from overlapping windows) combine.
+        fill: the value of cells a window does not cover (0 for a sum).
+
+    Returns:
+        `[..., H, W]`.
+    """
+    folded = None
+    for offset in range(kernel_size * kernel_size):
+        kh, kw = divmod(offset, kernel_size)
+        placed = _place(windows[offset], kh, kw, strides, grid_size, fill)
+        folded = placed if folded is None else combine(folded, placed)
+    return folded
+
+
+def _place(values, row, col, strides, grid_size, fill):
+    """`[..., H', W']` values to cells `(row + s h', col + s w')` of an `(H, W)` grid."""
+    height, width = grid_size
+    rows, cols = values.shape[-2], values.shape[-1]
+    leading = tuple(ops.shape(values)[:-2])
+    none = ((0, 0),) * len(leading)
+    if strides > 1:
+        # `s - 1` filler cells after every value along H and W.
+        values = ops.pad(ops.expand_dims(ops.expand_dims(values, -1), -3),
+                         none + ((0, 0), (0, strides - 1), (0, 0), (0, strides - 1)),
+                         constant_values=fill)
+        values = ops.reshape(values, leading + (rows * strides, cols * strides))
+    placed_rows, placed_cols = values.shape[-2], values.shape[-1]
+    values = ops.pad(
+        values,
+        none + ((row, max(0, height - row - placed_rows)),
+                (col, max(0, width - col - placed_cols))),
+        constant_values=fill,
+    )
+    return values[..., :height, :width]
+
+
+def window_softmax(grid_size, kernel_size, strides):
+    """`normalize` for `em_routing` over convolutional parents.
+
+    A child at one grid cell is seen by every window that contains it; its
+    routing weights are a softmax over all parent types at all those
+    windows' positions, not within one window. The per-child sums and
+    maxima are folded onto the grid and read back per window.
+
+    Returns:
+        `logits [batch, H' * W', C, K * K * B] -> R`, the same shape.
+    """
+    height, width = grid_size
+    rows = window_count(height, kernel_size, strides)
+    cols = window_count(width, kernel_size, strides)
+    slots = kernel_size * kernel_size
+
+    def per_child(values, combine, fill):
+        # [b, H', W', K*K, B] -> each child's combined value, in the same layout.
+        windows = ops.transpose(values, (3, 4, 0, 1, 2))
+        grid = fold_windows(windows, kernel_size, strides, grid_size, combine, fill)
+        return ops.transpose(extract_windows(grid, kernel_size, strides, axis=2),
+                             (2, 3, 4, 0, 1))
+
+    def normalize(logits):
+        shape = ops.shape(logits)
+        logits = ops.reshape(logits, (shape[0], rows, cols, logits.shape[2], slots, -1))
+        # The softmax is shift-invariant, so the shift needs no gradient.
+        largest = per_child(ops.stop_gradient(ops.max(logits, axis=3)), ops.maximum,
+                            float(-3.0e38))
+        exponentials = ops.exp(logits - ops.expand_dims(largest, 3))
+        totals = per_child(ops.sum(exponentials, axis=3), ops.add, 0.0)
+        return ops.reshape(exponentials / ops.expand_dims(totals, 3), shape)
+
+    return normalize
+
+
+def capsule_input_shapes(input_shape, layer):
+    """The `(poses, activations)` shapes of a matrix-capsule input, checked."""
+    try:
+        poses_shape, activations_shape = (tuple(shape) for shape in input_shape)
+        valid = (len(poses_shape) == 6 and poses_shape[4:] == POSE_SHAPE
+                 and activations_shape[1:] == poses_shape[1:4]
+                 and None not in poses_shape[1:])
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"{layer} expects a tuple (poses, activations) of shapes (batch, H, W, B, 4, 4) "
+            f"and (batch, H, W, B) with known H, W, B. Received: input_shape={input_shape}"
+        )
+    return poses_shape, activations_shape
