@@ -47,12 +47,17 @@ def mocked(metadata_dir):
         yield
 
 
-@pytest.fixture
-def raw(mocked):
-    """The mock split's raw left-camera images (uint8 [N, 96, 96, 1]) and categories."""
-    builder = tfds.builder(smallnorb.NAME)
-    data = tfds.as_numpy(builder.as_dataset(split="test", shuffle_files=False, batch_size=-1))
-    return data["image"], data["label_category"]
+@pytest.fixture(scope="module")
+def raw(metadata_dir):
+    """The mock splits' left-camera images, standardised ([N, 48, 48, 1]), and categories.
+
+    TFDS's mock serves the same examples in every split and every pipeline.
+    """
+    with tfds.testing.mock_data(num_examples=N, data_dir=metadata_dir):
+        builder = tfds.builder(smallnorb.NAME)
+        data = tfds.as_numpy(builder.as_dataset(split="test", shuffle_files=False, batch_size=-1))
+    assert data["image"].shape == (N, 96, 96, 1) and data["image"].dtype == np.uint8
+    return _standardized(data["image"]), data["label_category"]
 
 
 def _arrays(dataset):
@@ -148,7 +153,7 @@ def test_test_split_is_the_deterministic_centre_crop(mocked, raw):
     first, _ = _arrays(dataset)
     second, _ = _arrays(dataset)
     np.testing.assert_array_equal(first, second)
-    expected = _standardized(raw[0])[:, 8:40, 8:40]
+    expected = raw[0][:, 8:40, 8:40]
     np.testing.assert_allclose(first, expected, atol=1e-5)
 
 
@@ -157,7 +162,7 @@ def test_training_crops_are_jittered_windows_that_move_between_positions_and_epo
     first, _ = _arrays(dataset)
     second, _ = _arrays(dataset)
     assert not np.array_equal(first, second)
-    standardized = _standardized(raw[0])
+    standardized = raw[0]
     positions = []
     for crops in (first, second):
         for crop, image48 in zip(crops, standardized):
@@ -175,7 +180,7 @@ def test_training_crops_are_jittered_windows_that_move_between_positions_and_epo
 def test_without_jitter_training_crops_are_exact_windows(mocked, raw):
     images, _ = _arrays(load_smallnorb("train", batch_size=N, seed=0, brightness_delta=0.0,
                                        contrast_range=(1.0, 1.0)))
-    for crop, image48 in zip(images, _standardized(raw[0])):
+    for crop, image48 in zip(images, raw[0]):
         _, (row, col), _, _, _ = _match_window(crop, image48)
         np.testing.assert_allclose(crop, image48[row:row + 32, col:col + 32], atol=1e-5)
 
@@ -250,7 +255,7 @@ def test_task_shapes_sizes_and_pipelines(mocked, raw):
     assert task.num_examples("test", InputOptions(batch_size=4, num_examples=5)) == 5
     assert task.num_examples("test", InputOptions(batch_size=4, num_examples=10 * N)) == N
     test_images, test_labels = _arrays(task.images("test", options, shuffle=False))
-    np.testing.assert_allclose(test_images, _standardized(raw[0])[:, 8:40, 8:40], atol=1e-5)
+    np.testing.assert_allclose(test_images, raw[0][:, 8:40, 8:40], atol=1e-5)
     np.testing.assert_array_equal(test_labels, raw[1])
     train = task.images("train", options, shuffle=True)
     train_images, train_labels = _arrays(train)
@@ -263,7 +268,7 @@ def test_task_settings_reach_the_pipeline(mocked, raw):
     settings = SmallNorbTask.Settings(brightness_delta=0.0, contrast_lower=1.0, contrast_upper=1.0)
     images, _ = _arrays(SmallNorbTask(settings).images("train", InputOptions(batch_size=N),
                                                        shuffle=False))
-    for crop, image48 in zip(images, _standardized(raw[0])):
+    for crop, image48 in zip(images, raw[0]):
         _, (row, col), _, _, _ = _match_window(crop, image48)
         np.testing.assert_allclose(crop, image48[row:row + 32, col:col + 32], atol=1e-5)
     with pytest.raises(ValueError, match="contrast_lower=2.0"):
@@ -277,3 +282,51 @@ def test_prepare_accepts_smallnorb(mocked, tmp_path):
     assert builder.name == "smallnorb"
     with pytest.raises(ValueError, match="smallnorb"):
         prepare.prepare("norb", data_dir=str(tmp_path))
+
+
+def test_a_registered_subclass_trains_and_exports_through_the_trainer(mocked, tmp_path):
+    import dataclasses
+
+    import keras
+
+    from capskeras import tasks
+    from capskeras.models import ClassificationHead
+    from capskeras.models import StudyModel
+    from capskeras.settings import MODEL
+    from capskeras.settings import at_least
+    from capskeras.settings import setting
+    from capskeras.training.flags import config_from_arguments
+    from capskeras.training.train import train
+
+    @tasks.register_task("tiny_norb")
+    class TinyNorb(SmallNorbTask):
+        @dataclasses.dataclass
+        class Settings(SmallNorbTask.Settings):
+            filters: int = setting(4, "Filters of the convolution.", check=at_least(1),
+                                   resume=MODEL)
+
+        def build_model(self, pretrained):
+            features = keras.Sequential([
+                keras.Input(self.image_shape()),
+                keras.layers.Conv2D(self.settings.filters, 5, strides=2, activation="relu"),
+                keras.layers.GlobalMaxPooling2D(),
+            ])
+            return StudyModel(features, ClassificationHead(hidden_units=(),
+                                                           num_classes=smallnorb.NUM_CLASSES))
+
+    try:
+        config = config_from_arguments([
+            "--model=tiny_norb", "--brightness_delta=0.25", "--batch_size=4", "--verbose=0",
+            f"--model_dir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'export'}",
+        ])
+        assert config.settings == TinyNorb.Settings(brightness_delta=0.25)
+        flagfile = tmp_path / "tiny_norb.cfg"
+        flagfile.write_text(config.to_flagfile())
+        assert config_from_arguments([f"--flagfile={flagfile}"]) == config
+        results = train(config)
+        assert 0.0 <= results["test"]["accuracy"] <= 1.0
+        served = tf.saved_model.load(results["export"]).signatures["serving_default"]
+        outputs = served(images=tf.zeros((2, 32, 32, 1)))
+        assert outputs["probabilities"].shape == (2, smallnorb.NUM_CLASSES)
+    finally:
+        del tasks.TASKS["tiny_norb"]
