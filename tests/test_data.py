@@ -217,7 +217,7 @@ def test_missing_dataset_found_through_env_var_directory(tmp_path, monkeypatch):
 def test_unreachable_download_host_is_reported_without_a_download(tmp_path, monkeypatch):
     calls = []
 
-    def unreachable(builder, timeout=5.0):
+    def unreachable(builder, timeout=5.0, url=None):
         calls.append(builder)
         return False
 

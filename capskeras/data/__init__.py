@@ -11,3 +11,4 @@ from capskeras.data.rotated_mnist import RotatedMnist
 from capskeras.data.rotated_mnist import RotatedMnistRegen
 from capskeras.data.rotated_mnist import RotatedMnistRegenConfig
 from capskeras.data.rotated_mnist import load_rotated_mnist
+from capskeras.data.smallnorb import load_smallnorb

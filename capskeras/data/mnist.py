@@ -25,9 +25,13 @@ def resolve_data_dir(data_dir=None):
     return data_dir or os.environ.get("TFDS_DATA_DIR") or None
 
 
-def _download_host_reachable(builder, timeout=5.0):
-    """Whether the dataset's download host answers, within `timeout` seconds."""
-    url = getattr(type(builder), "URL", None) or ""
+def _download_host_reachable(builder, timeout=5.0, url=None):
+    """Whether the dataset's download host answers, within `timeout` seconds.
+
+    `url` defaults to the builder class's `URL` attribute; builders without
+    one (TFDS's `smallnorb`) pass theirs.
+    """
+    url = url or getattr(type(builder), "URL", None) or ""
     host = urllib.parse.urlparse(url).hostname
     if not host:
         return True  # No known host: let TFDS try and report.
@@ -39,12 +43,14 @@ def _download_host_reachable(builder, timeout=5.0):
 
 
 def prepared_builder(name="mnist", data_dir=None, download=True, how_to_prepare=None,
-                     **builder_kwargs):
+                     download_url=None, **builder_kwargs):
     """Returns a prepared TFDS builder, downloading only when possible.
 
     `builder_kwargs` go to `tfds.builder` (a `config`, for instance);
     `how_to_prepare` is a sentence appended to the error, saying how this
-    dataset is prepared (e.g. the command that builds it).
+    dataset is prepared (e.g. the command that builds it); `download_url`
+    is a URL of the dataset's files, whose host is probed before
+    downloading (defaults to the builder class's `URL`).
 
     Raises:
         DatasetNotFoundError: the data is not in `data_dir` and either
@@ -59,7 +65,7 @@ def prepared_builder(name="mnist", data_dir=None, download=True, how_to_prepare=
     searched = builder.data_dir
     reason = "downloading is disabled (download=False)"
     if download:
-        if _download_host_reachable(builder):
+        if _download_host_reachable(builder, url=download_url):
             builder.download_and_prepare()
             return builder
         reason = "its download host cannot be reached from this machine"

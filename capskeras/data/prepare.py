@@ -1,30 +1,36 @@
-"""Prepares the affNIST datasets from the shell.
+"""Prepares the affNIST datasets and smallNORB from the shell.
 
     python -m capskeras.data.prepare affnist_regen --data_dir=<dir>
     python -m capskeras.data.prepare affnist_regen/small --data_dir=<dir>
     python -m capskeras.data.prepare affnist --data_dir=<dir> --manual_dir=<dir with the zips>
+    python -m capskeras.data.prepare smallnorb --data_dir=<dir>
 
 The same as `tfds build --imports=capskeras.data <name>`, for machines where
 the `tfds` command does not start (TFDS 4.9's command line imports
 apache-beam). MNIST for `affnist_regen` is read from `--data_dir` when it is
-prepared there, else from `$TFDS_DATA_DIR`.
+prepared there, else from `$TFDS_DATA_DIR`. smallNORB is TFDS's own builder
+and downloads about 250 MB from cs.nyu.edu: run it where the internet is
+reachable and copy `<dir>/smallnorb` to the machine that trains.
 """
 
 import tensorflow_datasets as tfds
 
 from capskeras.data import affnist
 from capskeras.data import mnist
+from capskeras.data import smallnorb
+
+NAMES = affnist.NAMES + (smallnorb.NAME,)
 
 
 def prepare(name, data_dir=None, manual_dir=None):
-    """Prepares `name` (`affnist`, `affnist_regen` or `affnist_regen/<config>`).
+    """Prepares `name` (`affnist`, `affnist_regen`, `affnist_regen/<config>` or `smallnorb`).
 
     Returns:
         The prepared builder.
     """
     base = name.split("/")[0]
-    if base not in affnist.NAMES:
-        raise ValueError(f"Received: name={name!r}; expected one of {affnist.NAMES} (optionally /config)")
+    if base not in NAMES:
+        raise ValueError(f"Received: name={name!r}; expected one of {NAMES} (optionally /config)")
     builder = tfds.builder(name, data_dir=mnist.resolve_data_dir(data_dir))
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
@@ -36,9 +42,10 @@ def _main(argv=None):
 
     parser = argparse.ArgumentParser(
         prog="python -m capskeras.data.prepare",
-        description="Prepares the affnist or the (regenerated) affnist_regen TFDS dataset.",
+        description="Prepares the affnist, the (regenerated) affnist_regen or the smallnorb "
+                    "TFDS dataset.",
     )
-    parser.add_argument("name", help="affnist, affnist_regen or affnist_regen/small")
+    parser.add_argument("name", help="affnist, affnist_regen, affnist_regen/small or smallnorb")
     parser.add_argument("--data_dir", default=None,
                         help="TFDS directory to write to; defaults to $TFDS_DATA_DIR")
     parser.add_argument("--manual_dir", default=None,

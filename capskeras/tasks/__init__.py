@@ -25,10 +25,11 @@ from capskeras.tasks.base import build_model
 from capskeras.tasks.base import get_task
 from capskeras.tasks.base import register_task
 from capskeras.tasks.mnist import MnistTask
+from capskeras.tasks.smallnorb import SmallNorbTask
 
 __all__ = [
-    "TASKS", "InputOptions", "MnistTask", "Stage", "Task", "build_model", "get_task",
-    "register_task",
+    "TASKS", "InputOptions", "MnistTask", "SmallNorbTask", "Stage", "Task", "build_model",
+    "get_task", "register_task",
 ]
 
 
