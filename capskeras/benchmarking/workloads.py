@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from capskeras.layers import CapsuleLength
 from capskeras.losses import MarginLoss
+from capskeras.models import em_capsnet
 from capskeras.models.capsnet import capsule_encoder
 
 
@@ -146,9 +147,37 @@ def capsnet_routing(settings):
     )
 
 
+def _em_capsnet(sizes, description):
+    def build(settings):
+        model = em_capsnet.EmCapsNet((32, 32, 1), 5, **sizes)
+        model.build((None, 32, 32, 1))
+        model.compile(
+            optimizer=keras.optimizers.Adam(settings.resolved("learning_rate", 1e-3)),
+            loss=model.default_loss(),
+            jit_compile=settings.resolved("jit_compile", False),
+        )
+        return Workload(
+            model=model, image_shape=(32, 32, 1), make_example=model.make_example,
+            batch_size=settings.resolved("batch_size", 32), num_classes=5,
+            precision=settings.resolved("precision", "float32"),
+            jit_compile=bool(settings.resolved("jit_compile", False)), description=description,
+        )
+
+    return build
+
+
 # Benchmarks that are not trainer experiments, consulted before `flags/`:
-# `name: builder`, with `builder(settings) -> Workload`.
-BENCHMARKS = {"capsnet_conv_stack": capsnet_conv_stack, "capsnet_routing": capsnet_routing}
+# `name: builder`, with `builder(settings) -> Workload`. The EM networks are
+# the sizes the public EM reimplementations are compared at: 32x32 inputs,
+# 5 classes, 3 EM iterations, batch 32.
+BENCHMARKS = {
+    "capsnet_conv_stack": capsnet_conv_stack,
+    "capsnet_routing": capsnet_routing,
+    "em_capsnet_small": _em_capsnet(
+        em_capsnet.SMALL, "EM matrix capsules, A=64, B=8, C=D=16, on 32x32 smallNORB-sized crops"),
+    "em_capsnet_large": _em_capsnet(
+        em_capsnet.LARGE, "EM matrix capsules, the paper's A=B=C=D=32, on 32x32 crops"),
+}
 
 
 def registered_workload(name, settings=Settings()):

@@ -29,7 +29,7 @@ class ClassMatrixCapsules(keras.layers.Layer):
         routing_iterations: Positive int, EM iterations. Defaults to `3`.
         coordinate_addition: Python bool. Defaults to `True`.
         inverse_temperature: Positive float, `lambda` of the last iteration
-            (see `ConvMatrixCapsules`). Defaults to `1.0`.
+            (see `ConvMatrixCapsules`). Defaults to `0.01`.
         variance_floor: Positive float added to every variance. Defaults to
             `1e-4`.
         kernel_initializer: Initializer for the transforms `W`; a truncated
@@ -68,7 +68,7 @@ class ClassMatrixCapsules(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, routing_iterations=3, coordinate_addition=True,
-                 inverse_temperature=1.0, variance_floor=1e-4, kernel_initializer=None,
+                 inverse_temperature=0.01, variance_floor=1e-4, kernel_initializer=None,
                  routing_jit_compile="auto", **kwargs):
         super().__init__(**kwargs)
         check_positive_int("num_classes", num_classes)
@@ -92,22 +92,22 @@ class ClassMatrixCapsules(keras.layers.Layer):
         poses_shape, _ = em_routing.capsule_input_shapes(input_shape, "ClassMatrixCapsules")
         self.kernel = self.add_weight(
             name="kernel", shape=(poses_shape[3], self.num_classes) + POSE_SHAPE,
-            initializer=self.kernel_initializer)
+            initializer=self.kernel_initializer, autocast=False)
         self.beta_u = self.add_weight(name="beta_u", shape=(self.num_classes,),
-                                      initializer="zeros")
+                                      initializer="zeros", autocast=False)
         self.beta_a = self.add_weight(name="beta_a", shape=(self.num_classes,),
-                                      initializer="zeros")
+                                      initializer="zeros", autocast=False)
 
     def call(self, inputs):
         poses, activations = inputs
         route = (_compiled_class_routing if em_routing.compiles_routing(self.routing_jit_compile)
                  else class_routing)
+        # The weights are not autocast: routing and its gradients stay float32.
         out_poses, out_activations = route(
             ops.cast(poses, "float32"), ops.cast(activations, "float32"),
-            ops.cast(self.kernel, "float32"), ops.cast(self.beta_u, "float32"),
-            ops.cast(self.beta_a, "float32"), self.coordinate_addition,
+            self.kernel.value, self.beta_u.value, self.beta_a.value, self.coordinate_addition,
             self.routing_iterations, self.inverse_temperature, self.variance_floor)
-        return (ops.cast(out_poses, self.compute_dtype),
+        return (em_routing.cast_finite(out_poses, self.compute_dtype),
                 ops.cast(out_activations, self.compute_dtype))
 
     def compute_output_shape(self, input_shape):
@@ -148,7 +148,8 @@ def class_routing(poses, activations, kernel, beta_u, beta_a, coordinate_additio
     child_activations = ops.reshape(activations, (-1, 1, children))
     out_poses, out_activations = em_routing.em_routing(
         votes, child_activations, beta_u, beta_a, iterations,
-        em_routing.softmax_over_types, children / num_classes, inverse_temperature,
+        em_routing.softmax_over_types, 1.0 / num_classes, children / num_classes,
+        inverse_temperature,
         variance_floor)
     return (ops.reshape(out_poses, (-1, num_classes) + POSE_SHAPE),
             ops.reshape(out_activations, (-1, num_classes)))

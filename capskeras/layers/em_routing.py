@@ -21,7 +21,9 @@ Choices the paper leaves open, and why:
   `log sigma` and finite gradients (pitfall 1).
 - Inverse temperature: `lambda_t = inverse_temperature * t / T` for
   iteration `t` of `T`: the first iterations decide softly, the last one
-  at the full temperature.
+  at the full temperature. `beta_a` is learned in units of the logit
+  (the paper's `beta_a` times `lambda`): with `lambda = 0.01` the paper's
+  form would make it learn a hundred times slower than every other weight.
 - Every ratio divides by its denominator plus `EPSILON`, every log takes a
   log-sigmoid or a floored variance, and every softmax subtracts its
   maximum, so no input, however large, small or degenerate, yields NaN.
@@ -41,6 +43,8 @@ Reference:
 
 import math
 
+import keras
+import numpy as np
 from keras import ops
 
 from capskeras import xla
@@ -73,7 +77,7 @@ def compiles_routing(routing_jit_compile):
 
 
 def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
-               parent_mass, inverse_temperature=1.0, variance_floor=1e-4):
+               uniform_routing, parent_mass, inverse_temperature=1.0, variance_floor=1e-4):
     """EM routing: parents' poses and activations from their children's votes.
 
     Args:
@@ -82,11 +86,16 @@ def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
         child_activations: `[batch, P, I]` float32, `a_i` of the children
             as each position sees them.
         beta_u: `[C]`, the cost of a pose entry's spread, per parent type.
-        beta_a: `[C]`, the activation threshold, per parent type.
+        beta_a: `[C]`, the activation threshold per parent type, in units
+            of the final logit: `a_j = sigmoid(lambda_t (beta_a / lambda -
+            cost_j))`, the paper's `beta_a` times `lambda`.
         iterations: Python int >= 1.
         normalize: `logits [batch, P, C, I] -> R`, the same shape, a
-            softmax over all the parents of each child; `normalize(0)` is
-            the uniform start.
+            softmax over all the parents of each child.
+        uniform_routing: the start, `R` uniform over each child's parents
+            (`normalize` of zeros), broadcastable to `[batch, P, C, I]`. A
+            constant of the layer's geometry: computed by `normalize`
+            inside an XLA cluster, the compiler would fold it for minutes.
         parent_mass: Python float, children / parents of the layer (see
             the module docstring).
         inverse_temperature: Python float, `lambda` of the last iteration.
@@ -97,7 +106,7 @@ def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
         `[batch, P, C]`, both float32.
     """
     squared_votes = ops.square(votes)
-    routing = normalize(ops.zeros_like(votes[..., 0]))
+    routing = uniform_routing
     child_activations = ops.expand_dims(child_activations, 2)  # [b, P, 1, I]
     for iteration in range(1, iterations + 1):
         # M-step.
@@ -109,8 +118,10 @@ def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
         variance = ops.relu(mean_square - ops.square(mean)) + variance_floor
         log_sigma = 0.5 * ops.log(variance)
         cost = (ops.sum(log_sigma, axis=-1) + POSE_SIZE * beta_u) * (total / parent_mass)
-        temperature = inverse_temperature * iteration / iterations
-        activation_logits = temperature * (beta_a - cost)  # [b, P, C]
+        # lambda_t (beta_a / lambda - cost): beta_a is learned in logit
+        # units, so Adam moves it as fast as any other weight.
+        progress = iteration / iterations
+        activation_logits = progress * (beta_a - inverse_temperature * cost)  # [b, P, C]
         if iteration == iterations:
             return mean, ops.sigmoid(activation_logits)
         # E-step: log N(V_ij; mu_j, sigma_j), the square expanded as
@@ -162,75 +173,72 @@ def matrix_votes(poses, transforms):
     return ops.reshape(votes, (shape[1], shape[2], parent_types, slots, POSE_SIZE))
 
 
+def cast_finite(values, dtype):
+    """`values` cast to `dtype`, clipped to its finite range so half precision saturates.
+
+    Routing runs in float32; a pose beyond float16's 65504 would otherwise
+    leave a mixed-precision layer as inf.
+    """
+    if keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16"):
+        largest = float(np.finfo(np.float16).max) if dtype == "float16" else 3.0e38
+        values = ops.clip(values, -largest, largest)
+    return ops.cast(values, dtype)
+
+
 def window_count(size, kernel_size, strides):
     """Parents along one axis of a valid convolution: `(size - K) // s + 1`."""
     return (size - kernel_size) // strides + 1
 
 
-def extract_windows(grid, kernel_size, strides, axis):
-    """Every valid `K x K` window of a grid, window offsets stacked first.
+def window_cells(grid_size, kernel_size, strides):
+    """`[H' * W' * K * K]` int32 numpy: the grid cell `y * W + x` of every window slot.
 
-    Args:
-        grid: a tensor whose axes `axis` and `axis + 1` are the grid's
-            rows `H` and columns `W`.
-        axis: Python int >= 0.
-
-    Returns:
-        `[K * K, ...]`, offset `k = kh * K + kw`, then `grid`'s axes with
-        `H, W` replaced by the windows' positions `H', W'`.
+    Ordered by window row, window column, then kernel offset `kh * K + kw`.
+    Gathering a `[H * W, ...]` grid at these indices extracts every valid
+    window; a segment reduction over them folds window values back onto
+    the grid.
     """
-    height, width = grid.shape[axis], grid.shape[axis + 1]
-    rows = strides * (window_count(height, kernel_size, strides) - 1) + 1
-    cols = strides * (window_count(width, kernel_size, strides) - 1) + 1
-    leading = (slice(None),) * axis
-    return ops.stack(
-        [grid[leading + (slice(kh, kh + rows, strides), slice(kw, kw + cols, strides))]
-         for kh in range(kernel_size) for kw in range(kernel_size)],
-        axis=0,
-    )
-
-
-def fold_windows(windows, kernel_size, strides, grid_size, combine, fill):
-    """The inverse of `extract_windows` on the last two axes, overlaps combined.
-
-    Args:
-        windows: `[K * K, ..., H', W']`.
-        grid_size: `(H, W)` of the grid the windows came from.
-        combine: `ops.add` or `ops.maximum`, how values that land on one
-            grid cell (from overlapping windows) combine.
-        fill: the value of cells a window does not cover (0 for a sum).
-
-    Returns:
-        `[..., H, W]`.
-    """
-    folded = None
-    for offset in range(kernel_size * kernel_size):
-        kh, kw = divmod(offset, kernel_size)
-        placed = _place(windows[offset], kh, kw, strides, grid_size, fill)
-        folded = placed if folded is None else combine(folded, placed)
-    return folded
-
-
-def _place(values, row, col, strides, grid_size, fill):
-    """`[..., H', W']` values to cells `(row + s h', col + s w')` of an `(H, W)` grid."""
     height, width = grid_size
-    rows, cols = values.shape[-2], values.shape[-1]
-    leading = tuple(ops.shape(values)[:-2])
-    none = ((0, 0),) * len(leading)
-    if strides > 1:
-        # `s - 1` filler cells after every value along H and W.
-        values = ops.pad(ops.expand_dims(ops.expand_dims(values, -1), -3),
-                         none + ((0, 0), (0, strides - 1), (0, 0), (0, strides - 1)),
-                         constant_values=fill)
-        values = ops.reshape(values, leading + (rows * strides, cols * strides))
-    placed_rows, placed_cols = values.shape[-2], values.shape[-1]
-    values = ops.pad(
-        values,
-        none + ((row, max(0, height - row - placed_rows)),
-                (col, max(0, width - col - placed_cols))),
-        constant_values=fill,
-    )
-    return values[..., :height, :width]
+    rows = window_count(height, kernel_size, strides)
+    cols = window_count(width, kernel_size, strides)
+    row = np.arange(rows)[:, None, None, None] * strides + np.arange(kernel_size)[:, None]
+    col = np.arange(cols)[None, :, None, None] * strides + np.arange(kernel_size)
+    cells = np.broadcast_to(row * width + col, (rows, cols, kernel_size, kernel_size))
+    return cells.reshape(-1).astype(np.int32)
+
+
+def extract_windows(grid, kernel_size, strides):
+    """Every valid `K x K` window of a grid, positions and offsets first.
+
+    Args:
+        grid: `[batch, H, W, ...]`.
+
+    Returns:
+        `[H' * W' * K * K, batch, ...]`, ordered as `window_cells`.
+    """
+    height, width = grid.shape[1], grid.shape[2]
+    cells = grid_first(grid)
+    return ops.take(cells, window_cells((height, width), kernel_size, strides), axis=0)
+
+
+def grid_first(grid):
+    """`[batch, H, W, ...]` -> `[H * W, batch, ...]`."""
+    axes = list(range(grid.ndim))
+    grid = ops.transpose(grid, [1, 2, 0] + axes[3:])
+    return ops.reshape(grid, (-1,) + tuple(ops.shape(grid)[2:]))
+
+
+def window_uniform_routing(grid_size, kernel_size, strides, input_types, parent_types):
+    """`[H' * W', 1, K * K * B]` numpy: 1 / (parents of each child), by window and slot.
+
+    A child's parents are the `parent_types` types at each window holding it.
+    """
+    height, width = grid_size
+    cells = window_cells(grid_size, kernel_size, strides)
+    windows_per_cell = np.bincount(cells, minlength=height * width).astype(np.float32)
+    per_slot = windows_per_cell[cells].reshape(-1, 1, kernel_size * kernel_size, 1)
+    per_child = np.broadcast_to(per_slot, per_slot.shape[:3] + (input_types,))
+    return 1.0 / (per_child.reshape(per_slot.shape[0], 1, -1) * parent_types)
 
 
 def window_softmax(grid_size, kernel_size, strides):
@@ -238,33 +246,34 @@ def window_softmax(grid_size, kernel_size, strides):
 
     A child at one grid cell is seen by every window that contains it; its
     routing weights are a softmax over all parent types at all those
-    windows' positions, not within one window. The per-child sums and
-    maxima are folded onto the grid and read back per window.
+    windows' positions, not within one window. The per-child maxima and
+    sums are segment reductions over the windows' slots (`window_cells`),
+    read back per slot with a gather.
 
     Returns:
         `logits [batch, H' * W', C, K * K * B] -> R`, the same shape.
     """
     height, width = grid_size
-    rows = window_count(height, kernel_size, strides)
-    cols = window_count(width, kernel_size, strides)
+    cells = window_cells(grid_size, kernel_size, strides)
     slots = kernel_size * kernel_size
 
-    def per_child(values, combine, fill):
-        # [b, H', W', K*K, B] -> each child's combined value, in the same layout.
-        windows = ops.transpose(values, (3, 4, 0, 1, 2))
-        grid = fold_windows(windows, kernel_size, strides, grid_size, combine, fill)
-        return ops.transpose(extract_windows(grid, kernel_size, strides, axis=2),
-                             (2, 3, 4, 0, 1))
+    def per_child(values, reduce):
+        # [b, P, K*K, B] -> each child's value over all its slots, same layout.
+        batch, positions, _, types = ops.shape(values)
+        slot_first = ops.reshape(ops.transpose(values, (1, 2, 0, 3)), (-1, batch, types))
+        per_cell = reduce(slot_first, cells, num_segments=height * width)
+        per_slot = ops.reshape(ops.take(per_cell, cells, axis=0),
+                               (positions, slots, batch, types))
+        return ops.transpose(per_slot, (2, 0, 1, 3))
 
     def normalize(logits):
         shape = ops.shape(logits)
-        logits = ops.reshape(logits, (shape[0], rows, cols, logits.shape[2], slots, -1))
+        logits = ops.reshape(logits, (shape[0], shape[1], shape[2], slots, -1))
         # The softmax is shift-invariant, so the shift needs no gradient.
-        largest = per_child(ops.stop_gradient(ops.max(logits, axis=3)), ops.maximum,
-                            float(-3.0e38))
-        exponentials = ops.exp(logits - ops.expand_dims(largest, 3))
-        totals = per_child(ops.sum(exponentials, axis=3), ops.add, 0.0)
-        return ops.reshape(exponentials / ops.expand_dims(totals, 3), shape)
+        largest = per_child(ops.stop_gradient(ops.max(logits, axis=2)), ops.segment_max)
+        exponentials = ops.exp(logits - ops.expand_dims(largest, 2))
+        totals = per_child(ops.sum(exponentials, axis=2), ops.segment_sum)
+        return ops.reshape(exponentials / ops.expand_dims(totals, 2), shape)
 
     return normalize
 

@@ -17,7 +17,8 @@ SMALL = {"conv_channels": 64, "primary_types": 8, "conv1_types": 16, "conv2_type
 
 def matrix_capsule_encoder(image_shape, num_classes, conv_channels, primary_types,
                            conv1_types, conv2_types, routing_iterations=3,
-                           inverse_temperature=1.0, name="matrix_capsule_encoder"):
+                           inverse_temperature=0.01, routing_jit_compile="auto",
+                           name="matrix_capsule_encoder"):
     """Images -> `(class poses [B, K, 4, 4], class activations [B, K])`.
 
     ReLU conv 5x5 stride 2 (A channels) -> primary capsules (B types) ->
@@ -31,7 +32,8 @@ def matrix_capsule_encoder(image_shape, num_classes, conv_channels, primary_type
                                    name="conv1")(images)
     capsules = PrimaryMatrixCapsules(primary_types, name="primary_capsules")(features)
     routing = {"routing_iterations": routing_iterations,
-               "inverse_temperature": inverse_temperature}
+               "inverse_temperature": inverse_temperature,
+               "routing_jit_compile": routing_jit_compile}
     capsules = ConvMatrixCapsules(conv1_types, 3, strides=2, name="conv_capsules_1",
                                   **routing)(capsules)
     capsules = ConvMatrixCapsules(conv2_types, 3, strides=1, name="conv_capsules_2",
@@ -58,6 +60,8 @@ class EmCapsNet(keras.Model):
         routing_iterations: int >= 1, EM iterations in every capsule layer.
         inverse_temperature: float > 0, EM's final `lambda`.
         margin_steps: int >= 1, training steps over which the margin grows.
+        routing_jit_compile: `"auto"`, `True` or `False`, for every capsule
+            layer (see `ConvMatrixCapsules`).
 
     Call arguments:
         inputs: images `[B, H, W, C]`.
@@ -79,7 +83,8 @@ class EmCapsNet(keras.Model):
 
     def __init__(self, image_shape=(32, 32, 1), num_classes=5, conv_channels=64,
                  primary_types=8, conv1_types=16, conv2_types=16, routing_iterations=3,
-                 inverse_temperature=1.0, margin_steps=10000, **kwargs):
+                 inverse_temperature=0.01, margin_steps=10000, routing_jit_compile="auto",
+                 **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(dim) for dim in image_shape)
         self.num_classes = int(num_classes)
@@ -88,9 +93,11 @@ class EmCapsNet(keras.Model):
         self.routing_iterations = int(routing_iterations)
         self.inverse_temperature = float(inverse_temperature)
         self.margin_schedule = losses.SpreadMarginSchedule(steps=int(margin_steps))
+        self.routing_jit_compile = routing_jit_compile
         self.encoder = matrix_capsule_encoder(
             self.image_shape, self.num_classes, routing_iterations=self.routing_iterations,
-            inverse_temperature=self.inverse_temperature, **self.sizes)
+            inverse_temperature=self.inverse_temperature,
+            routing_jit_compile=routing_jit_compile, **self.sizes)
         # Every replica computes the same value; the first one's is kept.
         self.margin = self.add_weight(
             name="spread_margin", shape=(), trainable=False,
@@ -149,5 +156,6 @@ class EmCapsNet(keras.Model):
             "routing_iterations": self.routing_iterations,
             "inverse_temperature": self.inverse_temperature,
             "margin_steps": self.margin_schedule.steps,
+            "routing_jit_compile": self.routing_jit_compile,
         })
         return config

@@ -2,7 +2,8 @@
 
 Importing this package registers the built-in tasks: `study` (the
 equivariance study's encoders and heads), `capsnet`, `sparsecaps`,
-`lenet5`, `cnn_baseline`, and `p4cnn` and `z2cnn` on rotated MNIST; then
+`em_capsnet_mnist` and `em_capsnet_smallnorb`, `lenet5`, `cnn_baseline`,
+and `p4cnn` and `z2cnn` on rotated MNIST; then
 the tasks of installed packages that declare their module under the
 entry-point group `capskeras.tasks`, so that `capskeras-train
 --model=<theirs>` finds them:
@@ -14,6 +15,7 @@ entry-point group `capskeras.tasks`, so that `capskeras-train
 
 from capskeras.tasks import baselines  # noqa: F401  Registers lenet5, cnn_baseline.
 from capskeras.tasks import capsnet  # noqa: F401  Registers capsnet.
+from capskeras.tasks import em_capsnet  # noqa: F401  Registers em_capsnet_mnist, _smallnorb.
 from capskeras.tasks import gcnn  # noqa: F401  Registers p4cnn, z2cnn.
 from capskeras.tasks import sparsecaps  # noqa: F401  Registers sparsecaps.
 from capskeras.tasks import study  # noqa: F401  Registers study.
