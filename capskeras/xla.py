@@ -97,3 +97,23 @@ def compiled(function):
     import tensorflow as tf  # Only on the TensorFlow backend.
 
     return tf.function(function, jit_compile=True, autograph=False)
+
+
+def check_routing_jit_compile(value):
+    """Raises ValueError unless `value` is `"auto"`, `True` or `False`."""
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(
+            f"Received: routing_jit_compile={value!r}; expected 'auto', True or False"
+        )
+
+
+def compiles_routing(routing_jit_compile):
+    """Whether a layer with this `routing_jit_compile` runs its routing under XLA now.
+
+    `"auto"` compiles inside the steps Keras traces for `fit`, `evaluate`
+    and `predict` (`in_keras_step`), so exports hold plain
+    kernels; `True` compiles wherever XLA is available; `False` never.
+    """
+    if routing_jit_compile == "auto":
+        return in_keras_step()
+    return bool(routing_jit_compile) and available()

@@ -111,11 +111,7 @@ class CapsuleDense(keras.layers.Layer):
         check_positive_int("num_capsules", num_capsules)
         check_positive_int("capsule_dim", capsule_dim)
         check_positive_int("routing_iterations", routing_iterations)
-        if not (isinstance(routing_jit_compile, bool) or routing_jit_compile == "auto"):
-            raise ValueError(
-                f"Received: routing_jit_compile={routing_jit_compile!r}; "
-                "expected 'auto', True or False"
-            )
+        xla.check_routing_jit_compile(routing_jit_compile)
         self.routing_jit_compile = routing_jit_compile
         self.num_capsules = num_capsules
         self.capsule_dim = capsule_dim
@@ -148,7 +144,7 @@ class CapsuleDense(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_couplings=False):
         kernel = self.kernel.value  # In the compute dtype (autocast).
-        if not self._compiles_routing():
+        if not xla.compiles_routing(self.routing_jit_compile):
             outputs, couplings = route_by_agreement(
                 inputs, kernel, self.routing_iterations, return_couplings
             )
@@ -164,12 +160,6 @@ class CapsuleDense(keras.layers.Layer):
         if not return_couplings:
             return outputs
         return outputs, couplings
-
-    def _compiles_routing(self):
-        """Whether this call runs the routing as an XLA cluster."""
-        if self.routing_jit_compile == "auto":
-            return xla.in_keras_step()
-        return bool(self.routing_jit_compile) and xla.available()
 
     def compute_output_shape(self, input_shape):
         self._check_input_shape(input_shape)

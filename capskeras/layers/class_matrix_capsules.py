@@ -75,7 +75,7 @@ class ClassMatrixCapsules(keras.layers.Layer):
         check_positive_int("routing_iterations", routing_iterations)
         check_positive_float("inverse_temperature", inverse_temperature)
         check_positive_float("variance_floor", variance_floor)
-        em_routing.check_routing_jit_compile(routing_jit_compile)
+        xla.check_routing_jit_compile(routing_jit_compile)
         if not isinstance(coordinate_addition, bool):
             raise ValueError(
                 f"Received: coordinate_addition={coordinate_addition!r}; expected True or False")
@@ -100,7 +100,7 @@ class ClassMatrixCapsules(keras.layers.Layer):
 
     def call(self, inputs):
         poses, activations = inputs
-        route = (_compiled_class_routing if em_routing.compiles_routing(self.routing_jit_compile)
+        route = (_compiled_class_routing if xla.compiles_routing(self.routing_jit_compile)
                  else class_routing)
         # The weights are not autocast: routing and its gradients stay float32.
         out_poses, out_activations = route(

@@ -85,7 +85,7 @@ class ConvMatrixCapsules(keras.layers.Layer):
         check_positive_int("routing_iterations", routing_iterations)
         check_positive_float("inverse_temperature", inverse_temperature)
         check_positive_float("variance_floor", variance_floor)
-        em_routing.check_routing_jit_compile(routing_jit_compile)
+        xla.check_routing_jit_compile(routing_jit_compile)
         self.capsule_types = capsule_types
         self.kernel_size = kernel_size
         self.strides = strides
@@ -124,7 +124,7 @@ class ConvMatrixCapsules(keras.layers.Layer):
 
     def call(self, inputs):
         poses, activations = inputs
-        route = (_compiled_conv_routing if em_routing.compiles_routing(self.routing_jit_compile)
+        route = (_compiled_conv_routing if xla.compiles_routing(self.routing_jit_compile)
                  else conv_routing)
         # The weights are not autocast: routing and its gradients stay float32.
         out_poses, out_activations = route(

@@ -47,33 +47,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from capskeras import xla
 
 POSE_SHAPE = (4, 4)
 POSE_SIZE = 16
 EPSILON = 1e-7
 # Half of log(2 pi), the Gaussian's normalising constant per pose entry.
 HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def check_routing_jit_compile(value):
-    """Raises ValueError unless `value` is `"auto"`, `True` or `False`."""
-    if not (isinstance(value, bool) or value == "auto"):
-        raise ValueError(
-            f"Received: routing_jit_compile={value!r}; expected 'auto', True or False"
-        )
-
-
-def compiles_routing(routing_jit_compile):
-    """Whether a layer with this `routing_jit_compile` runs its routing under XLA now.
-
-    `"auto"` compiles inside the steps Keras traces for `fit`, `evaluate`
-    and `predict` (`capskeras.xla.in_keras_step`), so exports hold plain
-    kernels; `True` compiles wherever XLA is available; `False` never.
-    """
-    if routing_jit_compile == "auto":
-        return xla.in_keras_step()
-    return bool(routing_jit_compile) and xla.available()
 
 
 def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
