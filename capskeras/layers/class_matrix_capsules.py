@@ -1,11 +1,10 @@
 """ClassMatrixCapsules: one matrix capsule per class, routed by EM with coordinate addition."""
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from capskeras import xla
-from capskeras.checks import check_positive_float
 from capskeras.checks import check_positive_int
 from capskeras.layers import em_routing
 from capskeras.layers.em_routing import POSE_SHAPE
@@ -13,7 +12,7 @@ from capskeras.layers.em_routing import POSE_SIZE
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
-class ClassMatrixCapsules(keras.layers.Layer):
+class ClassMatrixCapsules(em_routing.EmRoutingLayer):
     """Class capsules: every child capsule votes for every class, routed by EM.
 
     One 4x4 `W` per input type, shared over positions. With coordinate
@@ -70,45 +69,22 @@ class ClassMatrixCapsules(keras.layers.Layer):
     def __init__(self, num_classes, routing_iterations=3, coordinate_addition=True,
                  inverse_temperature=0.01, variance_floor=1e-4, kernel_initializer=None,
                  routing_jit_compile="auto", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(routing_iterations, inverse_temperature, variance_floor,
+                         kernel_initializer, routing_jit_compile, **kwargs)
         check_positive_int("num_classes", num_classes)
-        check_positive_int("routing_iterations", routing_iterations)
-        check_positive_float("inverse_temperature", inverse_temperature)
-        check_positive_float("variance_floor", variance_floor)
-        xla.check_routing_jit_compile(routing_jit_compile)
         if not isinstance(coordinate_addition, bool):
             raise ValueError(
                 f"Received: coordinate_addition={coordinate_addition!r}; expected True or False")
         self.num_classes = num_classes
-        self.routing_iterations = routing_iterations
         self.coordinate_addition = coordinate_addition
-        self.inverse_temperature = float(inverse_temperature)
-        self.variance_floor = float(variance_floor)
-        self.kernel_initializer = keras.initializers.get(
-            kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.5))
-        self.routing_jit_compile = routing_jit_compile
 
     def build(self, input_shape):
         poses_shape, _ = em_routing.capsule_input_shapes(input_shape, "ClassMatrixCapsules")
-        self.kernel = self.add_weight(
-            name="kernel", shape=(poses_shape[3], self.num_classes) + POSE_SHAPE,
-            initializer=self.kernel_initializer, autocast=False)
-        self.beta_u = self.add_weight(name="beta_u", shape=(self.num_classes,),
-                                      initializer="zeros", autocast=False)
-        self.beta_a = self.add_weight(name="beta_a", shape=(self.num_classes,),
-                                      initializer="zeros", autocast=False)
+        self.add_routing_weights(poses_shape[3], self.num_classes)
 
     def call(self, inputs):
-        poses, activations = inputs
-        route = (_compiled_class_routing if xla.compiles_routing(self.routing_jit_compile)
-                 else class_routing)
-        # The weights are not autocast: routing and its gradients stay float32.
-        out_poses, out_activations = route(
-            ops.cast(poses, "float32"), ops.cast(activations, "float32"),
-            self.kernel.value, self.beta_u.value, self.beta_a.value, self.coordinate_addition,
-            self.routing_iterations, self.inverse_temperature, self.variance_floor)
-        return (em_routing.cast_finite(out_poses, self.compute_dtype),
-                ops.cast(out_activations, self.compute_dtype))
+        return self.route(class_routing, _compiled_class_routing, inputs,
+                          self.coordinate_addition)
 
     def compute_output_shape(self, input_shape):
         poses_shape, _ = em_routing.capsule_input_shapes(input_shape, "ClassMatrixCapsules")
@@ -119,12 +95,7 @@ class ClassMatrixCapsules(keras.layers.Layer):
         config = super().get_config()
         config.update({
             "num_classes": self.num_classes,
-            "routing_iterations": self.routing_iterations,
             "coordinate_addition": self.coordinate_addition,
-            "inverse_temperature": self.inverse_temperature,
-            "variance_floor": self.variance_floor,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "routing_jit_compile": self.routing_jit_compile,
         })
         return config
 

@@ -4,14 +4,13 @@ import keras
 from keras import ops
 
 from capskeras import xla
-from capskeras.checks import check_positive_float
 from capskeras.checks import check_positive_int
 from capskeras.layers import em_routing
 from capskeras.layers.em_routing import POSE_SHAPE
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
-class ConvMatrixCapsules(keras.layers.Layer):
+class ConvMatrixCapsules(em_routing.EmRoutingLayer):
     """Convolutional matrix capsules with EM routing.
 
     Every parent (type `c` at output position `p`) receives the votes
@@ -78,23 +77,14 @@ class ConvMatrixCapsules(keras.layers.Layer):
     def __init__(self, capsule_types, kernel_size, strides=1, routing_iterations=3,
                  inverse_temperature=0.01, variance_floor=1e-4,
                  kernel_initializer=None, routing_jit_compile="auto", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(routing_iterations, inverse_temperature, variance_floor,
+                         kernel_initializer, routing_jit_compile, **kwargs)
         check_positive_int("capsule_types", capsule_types)
         check_positive_int("kernel_size", kernel_size)
         check_positive_int("strides", strides)
-        check_positive_int("routing_iterations", routing_iterations)
-        check_positive_float("inverse_temperature", inverse_temperature)
-        check_positive_float("variance_floor", variance_floor)
-        xla.check_routing_jit_compile(routing_jit_compile)
         self.capsule_types = capsule_types
         self.kernel_size = kernel_size
         self.strides = strides
-        self.routing_iterations = routing_iterations
-        self.inverse_temperature = float(inverse_temperature)
-        self.variance_floor = float(variance_floor)
-        self.kernel_initializer = keras.initializers.get(
-            kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.5))
-        self.routing_jit_compile = routing_jit_compile
 
     def _check_input_shape(self, input_shape):
         poses_shape, activations_shape = em_routing.capsule_input_shapes(
@@ -109,30 +99,12 @@ class ConvMatrixCapsules(keras.layers.Layer):
 
     def build(self, input_shape):
         poses_shape, _ = self._check_input_shape(input_shape)
-        input_types = poses_shape[3]
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.kernel_size * self.kernel_size * input_types, self.capsule_types)
-            + POSE_SHAPE,
-            initializer=self.kernel_initializer,
-            autocast=False,
-        )
-        self.beta_u = self.add_weight(name="beta_u", shape=(self.capsule_types,),
-                                      initializer="zeros", autocast=False)
-        self.beta_a = self.add_weight(name="beta_a", shape=(self.capsule_types,),
-                                      initializer="zeros", autocast=False)
+        self.add_routing_weights(self.kernel_size * self.kernel_size * poses_shape[3],
+                                 self.capsule_types)
 
     def call(self, inputs):
-        poses, activations = inputs
-        route = (_compiled_conv_routing if xla.compiles_routing(self.routing_jit_compile)
-                 else conv_routing)
-        # The weights are not autocast: routing and its gradients stay float32.
-        out_poses, out_activations = route(
-            ops.cast(poses, "float32"), ops.cast(activations, "float32"),
-            self.kernel.value, self.beta_u.value, self.beta_a.value, self.kernel_size, self.strides,
-            self.routing_iterations, self.inverse_temperature, self.variance_floor)
-        return (em_routing.cast_finite(out_poses, self.compute_dtype),
-                ops.cast(out_activations, self.compute_dtype))
+        return self.route(conv_routing, _compiled_conv_routing, inputs, self.kernel_size,
+                          self.strides)
 
     def compute_output_shape(self, input_shape):
         poses_shape, _ = self._check_input_shape(input_shape)
@@ -147,11 +119,6 @@ class ConvMatrixCapsules(keras.layers.Layer):
             "capsule_types": self.capsule_types,
             "kernel_size": self.kernel_size,
             "strides": self.strides,
-            "routing_iterations": self.routing_iterations,
-            "inverse_temperature": self.inverse_temperature,
-            "variance_floor": self.variance_floor,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "routing_jit_compile": self.routing_jit_compile,
         })
         return config
 

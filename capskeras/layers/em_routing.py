@@ -47,6 +47,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from capskeras import xla
+from capskeras.checks import check_positive_float
+from capskeras.checks import check_positive_int
+
 
 POSE_SHAPE = (4, 4)
 POSE_SIZE = 16
@@ -272,3 +276,59 @@ def capsule_input_shapes(input_shape, layer):
             f"and (batch, H, W, B) with known H, W, B. Received: input_shape={input_shape}"
         )
     return poses_shape, activations_shape
+
+
+class EmRoutingLayer(keras.layers.Layer):
+    """What `ConvMatrixCapsules` and `ClassMatrixCapsules` share; not public.
+
+    The routing settings and their checks, the weights `kernel`, `beta_u`
+    and `beta_a` (kept float32, never autocast, so routing and its
+    gradients stay float32 under mixed precision), and the call of a
+    routing function, plain or compiled (`routing_jit_compile`).
+    """
+
+    def __init__(self, routing_iterations=3, inverse_temperature=0.01, variance_floor=1e-4,
+                 kernel_initializer=None, routing_jit_compile="auto", **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("routing_iterations", routing_iterations)
+        check_positive_float("inverse_temperature", inverse_temperature)
+        check_positive_float("variance_floor", variance_floor)
+        xla.check_routing_jit_compile(routing_jit_compile)
+        self.routing_iterations = routing_iterations
+        self.inverse_temperature = float(inverse_temperature)
+        self.variance_floor = float(variance_floor)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.5))
+        self.routing_jit_compile = routing_jit_compile
+
+    def add_routing_weights(self, slots, parent_types):
+        """`kernel` `(slots, parent_types, 4, 4)` and `beta_u`, `beta_a` `(parent_types,)`."""
+        self.kernel = self.add_weight(name="kernel", shape=(slots, parent_types) + POSE_SHAPE,
+                                      initializer=self.kernel_initializer, autocast=False)
+        self.beta_u = self.add_weight(name="beta_u", shape=(parent_types,),
+                                      initializer="zeros", autocast=False)
+        self.beta_a = self.add_weight(name="beta_a", shape=(parent_types,),
+                                      initializer="zeros", autocast=False)
+
+    def route(self, plain, compiled, inputs, *geometry):
+        """`plain` or `compiled`(poses, activations, weights, *geometry, routing settings)."""
+        poses, activations = inputs
+        routing = compiled if xla.compiles_routing(self.routing_jit_compile) else plain
+        out_poses, out_activations = routing(
+            ops.cast(poses, "float32"), ops.cast(activations, "float32"),
+            self.kernel.value, self.beta_u.value, self.beta_a.value, *geometry,
+            self.routing_iterations, self.inverse_temperature, self.variance_floor)
+        return (cast_finite(out_poses, self.compute_dtype),
+                ops.cast(out_activations, self.compute_dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "routing_iterations": self.routing_iterations,
+            "inverse_temperature": self.inverse_temperature,
+            "variance_floor": self.variance_floor,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "routing_jit_compile": self.routing_jit_compile,
+        })
+        return config
+
