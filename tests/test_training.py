@@ -69,7 +69,9 @@ def test_every_experiment_has_its_flagfile():
     predcaps = [f"enc_predcaps{ablation}_dec_{head}" for head in ("recon", "class")
                 for ablation in ("", "_layernorm", "_units", "_nofeedback")]
     sparsecaps = ["sparsecaps_mnist", "sparsecaps_affnist"]
-    assert FLAGFILES == sorted(study + capsules + groups + predcaps + sparsecaps + ["quickstart"])
+    em = ["em_capsnet_mnist", "em_capsnet_smallnorb"]
+    assert FLAGFILES == sorted(study + capsules + groups + predcaps + sparsecaps + em
+                               + ["quickstart"])
 
 
 ABLATIONS = {"layernorm": {"normalization": "layer_norm"}, "units": {"selection": "unit"},
@@ -102,6 +104,7 @@ SMALL_DATA = {
 TRAINED_FLAGFILES = [
     "quickstart", "enc_untrained_dec_class", "enc_ksparse_dec_class", "enc_predcaps_dec_recon",
     "capsnet_affnist", "sparsecaps_mnist", "lenet5_mnist", "z2cnn_rotated_mnist",
+    "em_capsnet_mnist",
 ]
 
 
@@ -145,8 +148,9 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
     assert config_from_flagfile(run / "flags.cfg") == config
 
     reloaded = keras.saving.load_model(run / "model.keras")
-    assert type(reloaded).__name__ == {"capsnet": "CapsNet", "sparsecaps": "SparseCaps"}.get(
-        config.model, "StudyModel")
+    assert type(reloaded).__name__ == {"capsnet": "CapsNet", "sparsecaps": "SparseCaps",
+                                       "em_capsnet_mnist": "EmCapsNet"}.get(config.model,
+                                                                            "StudyModel")
 
     served = tf.saved_model.load(results["export"]).signatures["serving_default"]
     side = getattr(settings, "pad_to", 0) or 28
