@@ -30,7 +30,7 @@ class ClassMatrixCapsules(em_routing.EmRoutingLayer):
         inverse_temperature: Positive float, `lambda` of the last iteration
             (see `ConvMatrixCapsules`). Defaults to `0.01`.
         variance_floor: Positive float added to every variance. Defaults to
-            `1e-4`.
+            `1e-6`.
         kernel_initializer: Initializer for the transforms `W`; a truncated
             normal of stddev 0.5 by default.
         routing_jit_compile: `"auto"`, `True` or `False`, as in
@@ -67,7 +67,7 @@ class ClassMatrixCapsules(em_routing.EmRoutingLayer):
     """
 
     def __init__(self, num_classes, routing_iterations=3, coordinate_addition=True,
-                 inverse_temperature=0.01, variance_floor=1e-4, kernel_initializer=None,
+                 inverse_temperature=0.01, variance_floor=1e-6, kernel_initializer=None,
                  routing_jit_compile="auto", **kwargs):
         super().__init__(routing_iterations, inverse_temperature, variance_floor,
                          kernel_initializer, routing_jit_compile, **kwargs)

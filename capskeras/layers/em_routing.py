@@ -18,7 +18,10 @@ Choices the paper leaves open, and why:
   activations of one kind saturate (Gritzman 2019, pitfall 2).
 - Variance floor: `sigma^2 = max(E[V^2] - mu^2, 0) + variance_floor`, so a
   parent with one child, or whose children agree exactly, has a finite
-  `log sigma` and finite gradients (pitfall 1).
+  `log sigma` and finite gradients (pitfall 1). The default, `1e-6`, sits
+  below the spread of the votes: at `1e-4` the floor dominated the
+  variance of MNIST poses at initialisation and the class activations
+  differed across classes by a seventh as much.
 - Inverse temperature: `lambda_t = inverse_temperature * t / T` for
   iteration `t` of `T`: the first iterations decide softly, the last one
   at the full temperature. `beta_a` is learned in units of the logit
@@ -60,7 +63,7 @@ HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
-               uniform_routing, parent_mass, inverse_temperature=1.0, variance_floor=1e-4):
+               uniform_routing, parent_mass, inverse_temperature=0.01, variance_floor=1e-6):
     """EM routing: parents' poses and activations from their children's votes.
 
     Args:
@@ -287,7 +290,7 @@ class EmRoutingLayer(keras.layers.Layer):
     routing function, plain or compiled (`routing_jit_compile`).
     """
 
-    def __init__(self, routing_iterations=3, inverse_temperature=0.01, variance_floor=1e-4,
+    def __init__(self, routing_iterations=3, inverse_temperature=0.01, variance_floor=1e-6,
                  kernel_initializer=None, routing_jit_compile="auto", **kwargs):
         super().__init__(**kwargs)
         check_positive_int("routing_iterations", routing_iterations)
