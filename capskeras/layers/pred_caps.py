@@ -33,10 +33,11 @@ class PredCapsLayer(keras.layers.Layer):
        at unit norm, `W_hat_c = W_c / |W_c|` (over the kernel window, the
        input channels and the capsule's units), so that a capsule's drive,
        and with it its rank, measures how well the input matches it and
-       not how long its kernel has grown. The unit-total output (5) is
-       blind to a capsule's scale, and Adam's steps across a kernel only
-       lengthen it, so under local learning raw kernels grow apart and the
-       longest took every position at inference, whatever the input.
+       not how long its kernel is. The unit-total output (5) is blind to a
+       winner's scale, so no loss trains a kernel's length, yet with raw
+       kernels that length scales the drive and so decides ranks (after
+       one epoch of local learning on MNIST the first layer's kernel norms
+       spread over a factor of 1.9).
     2. Score: `s_c = |z_c| * (1 + w * cos(z_c, p_c) * |p_c| / max_c' |p_c'|)`
        `    = |z_c| + w * <z_c, p_c> / max_c' |p_c'|`.
        The first term is the capsule's evidence from below. The second is
