@@ -350,3 +350,19 @@ def test_plots_write_and_check_shapes(tmp_path):
         plots.save_perturbation_grid(
             np.zeros((1, 16, 5, 28, 28)), str(tmp_path / "p.png"), perturbation.PERTURBATIONS
         )
+
+
+def test_a_subclassed_encoders_model_dir_loads_with_its_build_shape(tmp_path):
+    # PredCaps' encoder is a subclassed model with no input shape of its own.
+    from capskeras.evaluation import equivariance
+
+    for head in ("class", "recon"):
+        model = build_study_model("predcaps", head, seed=0)
+        (tmp_path / head).mkdir()
+        model.save(tmp_path / head / "model.keras")
+    classifier = generalization.load_classifier(str(tmp_path / "class"))
+    assert classifier.image_shape == (28, 28, 1)
+    assert classifier.predict_batch(np.zeros((2, 28, 28, 1), "float32")).shape == (2,)
+    code_model = equivariance.load_code_model(tmp_path / "recon")
+    assert code_model.image_shape == (28, 28, 1) and code_model.decode is not None
+    assert np.asarray(code_model.encode(np.zeros((2, 28, 28, 1), "float32"))).shape == (2, 256)

@@ -120,6 +120,41 @@ def test_boosting_lets_a_starved_capsule_win_and_frequencies_track_wins():
     )
 
 
+@pytest.mark.parametrize("selection,k", [("capsule", 2), ("unit", 4)])
+def test_selection_compares_inputs_not_the_size_of_a_capsules_weights(selection, k):
+    # Local learning grows the kernels of the capsules that win (a unit-total
+    # output is blind to their scale, and Adam's steps across a kernel only
+    # lengthen it); ranked by raw drive norms, the grown capsules then won
+    # every position at inference, whatever the input.
+    x = _x()
+    layers = {}
+    for normalize in (True, False):
+        layer = _layer(k=k, selection=selection, boost_strength=0.0, normalize_kernel=normalize)
+        layer.build(x.shape)
+        plain = _np(layer(x)) != 0
+        kernel = layer.kernel.numpy()
+        kernel[..., :D] *= 10.0  # the first capsule's (or first units') kernel, ten times longer
+        layer.kernel.assign(kernel)
+        layers[normalize] = (plain, _np(layer(x)) != 0)
+    plain, grown = layers[True]
+    np.testing.assert_array_equal(grown, plain)
+    # Without the kernel normalization the grown capsule (units) takes over the
+    # selection: the check is not vacuous.
+    plain, grown = layers[False]
+    assert grown[..., :D].mean() > max(plain[..., :D].mean(), 0.8)
+
+
+def test_normalized_kernel_drive_is_the_convolution_with_unit_capsule_kernels():
+    layer = _layer(k=2)
+    x = _x()
+    layer.build(x.shape)
+    kernel = layer.kernel.numpy().reshape(-1, C, D)
+    unit = (kernel / np.linalg.norm(kernel, axis=(0, 2), keepdims=True)).reshape(
+        layer.kernel.shape)
+    expected = _np(ops.conv(x, unit, strides=2, padding="same")) + layer.bias.numpy()
+    np.testing.assert_allclose(_np(layer.drive(x)), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_unit_selection_keeps_k_units_with_unit_total():
     layer = _layer(selection="unit", k=4)
     out = _np(layer(_x(), training=True))
@@ -150,7 +185,8 @@ def test_layer_norm_standardizes_the_drive_before_masking():
      (10, 3, 2, "valid"), (7, 2, 3, "same")],
 )
 def test_decoder_is_the_adjoint_geometry_of_the_convolution(size, kernel, stride, padding):
-    layer = PredCapsLayer(2, 2, kernel, stride, k=1, padding=padding)
+    # The raw kernel, so that the decoder can be given the drive's own kernel.
+    layer = PredCapsLayer(2, 2, kernel, stride, k=1, padding=padding, normalize_kernel=False)
     x = _x((2, size, size, 3))
     layer.build(x.shape)
     layer.decoder_kernel.assign(layer.kernel)
@@ -229,6 +265,19 @@ def test_config_and_keras_round_trip():
     np.testing.assert_array_equal(
         _np(reloaded.get_layer("pred_caps").win_frequency), np.linspace(0, 1, C)
     )
+
+
+def test_configs_from_before_kernel_normalization_keep_raw_kernels():
+    from capskeras.models.predcaps import PredCapsEncoder
+
+    config = _layer().get_config()
+    assert config["normalize_kernel"] is True
+    del config["normalize_kernel"]
+    assert PredCapsLayer.from_config(config).normalize_kernel is False
+    encoder_config = PredCapsEncoder(seed=0).get_config()
+    del encoder_config["normalize_kernel"]
+    old = PredCapsEncoder.from_config(encoder_config)
+    assert not any(layer.normalize_kernel for layer in old.pred_caps_layers)
 
 
 def test_saved_model_round_trip():

@@ -48,6 +48,7 @@ import capskeras.models  # noqa: F401  Registers the classes `model.keras` files
 from capskeras.data import affnist
 from capskeras.data import transforms
 from capskeras.evaluation import judge as judge_lib
+from capskeras.evaluation.generalization import keras_input_shape
 
 # Offsets in standard deviations of the perturbed element: -2.5 ... 2.5.
 SCALES = tuple(round(0.5 * step, 1) for step in range(-5, 6))
@@ -112,7 +113,7 @@ def code_model_from_keras(model, name, path=""):
     from capskeras.models.study import StudyModel
 
     if isinstance(model, StudyModel):
-        image_shape = tuple(model.encoder.input_shape[1:])
+        image_shape = tuple(keras_input_shape(model, path))
         decode = None  # A classification head decodes no image.
         if getattr(model.head, "target", None) == "images":
             decode = _head_decoder(model.head)

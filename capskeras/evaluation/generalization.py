@@ -177,7 +177,7 @@ def _load_keras_model(model_file, model_path, name):
         check_servable(model)
     except TypeError as error:
         raise ValueError(f"Received: model path {model_path!r}; {error}") from None
-    image_shape = _image_shape(_keras_input_shape(model, model_path), model_path)
+    image_shape = _image_shape(keras_input_shape(model, model_path), model_path)
     # `predict` compiles the serving outputs into one graph per batch shape.
     predictor = _ClassIds(model, name="class_ids")
 
@@ -204,8 +204,13 @@ class _ClassIds(keras.Model):
         return self.wrapped.serving_outputs(images)["class_ids"]
 
 
-def _keras_input_shape(model, model_path):
-    """`(H, W, C)` the Keras `model` takes: its own attribute, its encoder's, or its input's."""
+def keras_input_shape(model, model_path=""):
+    """`(H, W, C)` the Keras `model` takes.
+
+    Its own `image_shape`, its encoder's or its own input shape, or else the
+    shape it was built for (a subclassed encoder such as PredCaps' has no
+    input shape, but a built model records its build shape in `model.keras`).
+    """
     if getattr(model, "image_shape", None):
         return list(model.image_shape)
     for candidate in (getattr(model, "encoder", None), model):
@@ -213,6 +218,9 @@ def _keras_input_shape(model, model_path):
             return list(candidate.input_shape[1:])
         except (AttributeError, ValueError, TypeError):
             continue
+    build_shape = (model.get_build_config() or {}).get("input_shape")
+    if build_shape and len(build_shape) == 4:
+        return list(build_shape[1:])
     raise ValueError(
         f"Received: model path {model_path!r} holding a {type(model).__name__} whose input "
         "shape is unknown; expected a model built for [None, H, W, C] images"

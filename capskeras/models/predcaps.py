@@ -54,6 +54,7 @@ class PredCapsEncoder(keras.Model):
         feedback_weight: float in [0, 1], see `PredCapsLayer`.
         boost_strength: float >= 0, see `PredCapsLayer`.
         frequency_decay: float in [0, 1), see `PredCapsLayer`.
+        normalize_kernel: bool, see `PredCapsLayer`.
         seed: int or None, seeds the kernels' initializers.
 
     Call arguments:
@@ -84,6 +85,7 @@ class PredCapsEncoder(keras.Model):
         feedback_weight=1.0,
         boost_strength=3.0,
         frequency_decay=0.99,
+        normalize_kernel=True,
         seed=None,
         **kwargs,
     ):
@@ -106,6 +108,7 @@ class PredCapsEncoder(keras.Model):
         self.feedback_weight = float(feedback_weight)
         self.boost_strength = float(boost_strength)
         self.frequency_decay = float(frequency_decay)
+        self.normalize_kernel = bool(normalize_kernel)
         self.seed = seed
         self.pred_caps_layers = []
         for index, ((capsules, dim, kernel, stride), layer_k) in enumerate(
@@ -117,7 +120,7 @@ class PredCapsEncoder(keras.Model):
                     capsules, dim, kernel, stride, k=layer_k,
                     feedback_weight=feedback_weight, normalization=normalization,
                     selection=selection, boost_strength=boost_strength,
-                    frequency_decay=frequency_decay,
+                    frequency_decay=frequency_decay, normalize_kernel=normalize_kernel,
                     kernel_initializer=keras.initializers.GlorotUniform(
                         None if seed is None else seed + index
                     ),
@@ -198,10 +201,16 @@ class PredCapsEncoder(keras.Model):
                 "feedback_weight": self.feedback_weight,
                 "boost_strength": self.boost_strength,
                 "frequency_decay": self.frequency_decay,
+                "normalize_kernel": self.normalize_kernel,
                 "seed": self.seed,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Configs saved before `normalize_kernel` existed were trained with raw kernels.
+        return cls(**{"normalize_kernel": False, **config})
 
 
 @keras.saving.register_keras_serializable(package="capskeras")

@@ -1,0 +1,271 @@
+"""Trains the study's heads on the frozen code of a run's encoder, the codes computed once.
+
+    python tools/study_heads.py --run_dir=runs/enc_predcaps_dec_class \\
+        --heads=class,recon --epochs=20 --output_dir=runs/heads/predcaps
+
+The trainer trains a head under a frozen encoder by running the encoder on
+every batch of every epoch. For PredCaps (two upward passes and a downward
+one through three layers per image) or SparseCaps (dynamic routing) that is
+nearly all the time. When the training images are not augmented
+(`--translate_pixels=0`, the study's flagfiles), the frozen encoder, in
+inference mode, gives every image the same code in every epoch, so this
+tool computes the training and test codes once and trains each head on
+them: the same head, Adam at the run's learning rate (and decay), batch
+size and seed as `capskeras-train`.
+
+The encoder comes from `--run_dir`, a `capskeras-train` model directory
+(its `config.json` says what it trained) or a flagfile (then the run's
+`--model_dir` is read for checkpoints):
+
+- a `study` run whose frozen encoder has a pretraining stage (PredCaps,
+  k-sparse): the stage's latest checkpoint, finished or not;
+- a `study` run whose frozen encoder has none (untrained): rebuilt from
+  the run's seed, as the trainer builds it;
+- a `sparsecaps` run: the latest checkpoint of its training, and its
+  `encoder()` (the 256 latent values, unmasked).
+
+For every head it writes `<output_dir>/<name>/model.keras`, the frozen
+encoder under the trained head as a `StudyModel` (what `capskeras-eval` and
+`tools/equivariance_report.py` read), and `metrics.json` with the test
+metric after every epoch and the whole model's test metrics, evaluated
+from the images (as `tools/results_table.py --runs_dir=<output_dir>` reads
+them); `<name>` is `--names`, or `enc_<encoder>_dec_<head>` for a study
+run `enc_<encoder>_dec_...`, or `<experiment>_<head>`.
+"""
+
+import json
+import os
+import re
+import time
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from capskeras import export
+from capskeras.files import write_text_atomically
+from capskeras.models import registry
+from capskeras.models.study import StudyModel
+from capskeras.tasks.base import InputOptions
+from capskeras.training import run_dir as run_dirs
+from capskeras.training.config import TrainConfig
+from capskeras.training.flags import config_from_flagfile
+from capskeras.training.loop import _weights_by_position
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("run_dir", None, "A capskeras-train model directory (with config.json), "
+                        "or the flagfile of a run whose encoder needs no training.")
+    flags.DEFINE_list("heads", ["class", "recon"], "Heads to train, names in the study's HEADS.")
+    flags.DEFINE_list("names", [], "Output names, one per head; default <experiment>_<head>.")
+    flags.DEFINE_integer("epochs", 20, "Epochs of head training.")
+    flags.DEFINE_integer("train_examples", 0, "Train on the first N examples; 0 for all.")
+    flags.DEFINE_integer("eval_examples", 0, "Test on the first N examples; 0 for all.")
+    flags.DEFINE_string("output_dir", "runs/heads", "Where the model directories go.")
+    flags.DEFINE_string("export_dir", "", "If set, also export each model's SavedModel "
+                        "under <export_dir>/<name>.")
+    flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for the run's.")
+    flags.mark_flag_as_required("run_dir")
+
+
+def load_run_config(path):
+    """The `TrainConfig` of the run in model directory `path`, or of flagfile `path`."""
+    if os.path.isfile(path):
+        return config_from_flagfile(path).validate()
+    file = os.path.join(path, "config.json")
+    if not os.path.exists(file):
+        raise ValueError(f"Received: run_dir={path!r}; expected a capskeras-train model "
+                         "directory holding config.json, or a flagfile")
+    with open(file) as f:
+        values = json.load(f)
+    values = {name: tuple(value) if isinstance(value, list) else value
+              for name, value in values.items()}
+    values["model_dir"] = path
+    return TrainConfig.from_flat(**values).validate()
+
+
+def restore_latest(model, directory):
+    """Restores `model`'s weights from the newest checkpoint in `directory`.
+
+    Returns:
+        `(epoch, step)` of that checkpoint: whole epochs done, steps into the next.
+
+    Raises:
+        ValueError: `directory` holds no checkpoint.
+    """
+    latest = tf.train.latest_checkpoint(directory)
+    if latest is None:
+        raise ValueError(f"Received: checkpoint directory {directory!r} without a checkpoint; "
+                         "expected a run that has trained at least one checkpoint interval")
+    epoch = tf.Variable(0, dtype=tf.int64)
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(weights=_weights_by_position(model), epoch=epoch, step=step)
+    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    return int(epoch.numpy()), int(step.numpy())
+
+
+def frozen_encoder(config):
+    """The run's trained, frozen encoder; its name; and where its weights came from.
+
+    Returns:
+        `(encoder or None, encoder_name, source)`: None means the study
+        encoder is built from the run's seed (it is never trained).
+    """
+    task = config.task()
+    if config.model == "sparsecaps":
+        model = task.build_model({})
+        epoch, step = restore_latest(model, run_dirs.stage_directory(config.model_dir))
+        return model.encoder(), "sparsecaps", {"checkpoint_epoch": epoch, "checkpoint_step": step}
+    if config.model != "study":
+        raise ValueError(f"Received: a run of model={config.model!r}; expected a study or "
+                         "sparsecaps run")
+    settings = task.settings
+    spec = registry.encoder_spec(settings.encoder)
+    if not spec.frozen:
+        raise ValueError(f"Received: encoder={settings.encoder!r}, which trains through its "
+                         "head; expected a frozen encoder")
+    stages = task.pretraining()
+    if not stages:
+        return None, settings.encoder, {"untrained_seed": config.seed}
+    stage = stages[0]
+    model = stage.build_model()
+    epoch, step = restore_latest(model, run_dirs.stage_directory(config.model_dir, stage.name))
+    return stage.result(model), settings.encoder, {
+        "stage": stage.name, "checkpoint_epoch": epoch, "checkpoint_step": step}
+
+
+def build_model(config, encoder, encoder_name, head):
+    """A built `StudyModel`: `encoder` (or the run's seeded one) frozen under a new `head`."""
+    task = config.task()
+    shape = task.image_shape()
+    if config.model == "study":
+        spec = registry.encoder_spec(encoder_name)
+        return registry.build_study_model(
+            encoder_name, head, shape, seed=config.seed,
+            encoder_options={name: getattr(task.settings, name) for name in spec.options},
+            pretrained_encoder=encoder,
+        )
+    model = StudyModel(encoder, registry.build_head(head, shape), freeze_encoder=True,
+                       name=f"enc_{encoder_name}_dec_{head}")
+    model.build((None,) + shape)
+    return model
+
+
+def split_arrays(config, split, num_examples, data_dir):
+    """All `(images, labels)` of `split` as arrays, in the task's fixed order."""
+    task = config.task()
+    options = InputOptions(batch_size=1000, num_examples=num_examples or None, seed=config.seed,
+                           data_dir=data_dir or config.data_dir or None,
+                           download=config.download)
+    images, labels = [], []
+    for x, y in task.images(split, options, shuffle=False):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def codes_of(model, images, batch_size=500):
+    """The frozen encoder's codes of `images`, in inference mode."""
+    return np.concatenate([
+        keras.ops.convert_to_numpy(model.encode(images[i:i + batch_size], training=False))
+        for i in range(0, len(images), batch_size)])
+
+
+def train_head(model, config, train_codes, train_targets, test_codes, test_targets, epochs):
+    """Trains `model.head` on codes; returns the per-epoch test metrics (loss and metrics)."""
+    keras.utils.set_random_seed(config.seed)
+    steps_per_epoch = int(np.ceil(len(train_codes) / config.batch_size))
+    learning_rate = config.learning_rate
+    if config.learning_rate_decay < 1.0:
+        learning_rate = keras.optimizers.schedules.ExponentialDecay(
+            learning_rate, steps_per_epoch, config.learning_rate_decay)
+    head_model = keras.Sequential([keras.Input(train_codes.shape[1:]), model.head])
+    head_model.compile(keras.optimizers.Adam(learning_rate), model.default_loss(),
+                       metrics=model.default_metrics())
+    history = head_model.fit(
+        train_codes, train_targets, batch_size=config.batch_size, epochs=epochs, shuffle=True,
+        validation_data=(test_codes, test_targets), verbose=2,
+    ).history
+    return {name[len("val_"):]: [float(v) for v in values]
+            for name, values in history.items() if name.startswith("val_")}
+
+
+def default_name(experiment, head):
+    """`enc_<encoder>_dec_<head>` for a study experiment `enc_<encoder>_dec_<any>`, else
+    `<experiment>_<head>`."""
+    match = re.fullmatch(r"(.+)_dec_[a-z_]+", experiment)
+    return f"{match.group(1)}_dec_{head}" if match else f"{experiment}_{head}"
+
+
+def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_examples=0,
+        export_dir="", data_dir=""):
+    """Trains `heads` on the frozen code of the run in `run_dir`; returns their metrics."""
+    if names and len(names) != len(heads):
+        raise ValueError(f"Received: names={list(names)} for heads={list(heads)}; expected one "
+                         "name per head")
+    for head in heads:
+        if head not in registry.HEADS:
+            raise ValueError(f"Received: head={head!r}; expected one of {sorted(registry.HEADS)}")
+    config = load_run_config(run_dir)
+    if getattr(config.settings, "translate_pixels", 0):
+        raise ValueError(f"Received: a run with translate_pixels="
+                         f"{config.settings.translate_pixels}; expected 0: augmented images "
+                         "change the codes from epoch to epoch, so they cannot be computed once")
+    encoder, encoder_name, source = frozen_encoder(config)
+    train_x, train_y = split_arrays(config, "train", train_examples, data_dir)
+    test_x, test_y = split_arrays(config, "test", eval_examples, data_dir)
+    started = time.perf_counter()
+    first = build_model(config, encoder, encoder_name, heads[0])
+    train_codes, test_codes = codes_of(first, train_x), codes_of(first, test_x)
+    code_seconds = time.perf_counter() - started
+    results = {}
+    for index, head in enumerate(heads):
+        name = names[index] if names else default_name(config.experiment, head)
+        model = first if index == 0 else build_model(config, encoder, encoder_name, head)
+        targets = {"images": (train_x, test_x), "labels": (train_y, test_y)}[model.head.target]
+        started = time.perf_counter()
+        per_epoch = train_head(model, config, train_codes, targets[0], test_codes, targets[1],
+                               epochs)
+        fit_seconds = time.perf_counter() - started
+        model.compile(loss=model.default_loss(), metrics=model.default_metrics())
+        test = model.evaluate(test_x, targets[1], batch_size=500, return_dict=True, verbose=0)
+        directory = os.path.join(output_dir, name)
+        os.makedirs(directory, exist_ok=True)
+        model.save(os.path.join(directory, "model.keras"))
+        metrics = {
+            "experiment": name, "run_dir": run_dir, "encoder": encoder_name, "head": head,
+            "encoder_source": source, "epochs": epochs, "train_examples": len(train_x),
+            "test_examples": len(test_x), "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate, "code_seconds": round(code_seconds, 2),
+            "fit_seconds": round(fit_seconds, 2), "test_per_epoch": per_epoch,
+            "test": {key: float(value) for key, value in test.items()},
+        }
+        if "stage" in source:
+            metrics[source["stage"]] = {"epochs": source["checkpoint_epoch"]}
+        if export_dir:
+            metrics["export"] = export.export_saved_model(
+                model, os.path.join(export_dir, name), config.task().image_shape())
+        write_text_atomically(os.path.join(directory, "metrics.json"),
+                              json.dumps(metrics, indent=2))
+        print(json.dumps({"experiment": name, "test": metrics["test"],
+                          "fit_seconds": metrics["fit_seconds"],
+                          "code_seconds": metrics["code_seconds"]}), flush=True)
+        results[name] = metrics
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    run(FLAGS.run_dir, FLAGS.heads, FLAGS.epochs, FLAGS.output_dir, names=FLAGS.names,
+        train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
+        export_dir=FLAGS.export_dir, data_dir=FLAGS.data_dir)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
