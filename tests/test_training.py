@@ -96,6 +96,8 @@ SMALL_DATA = {
     name: ["--regen_train_examples=256", "--regen_test_examples=128", "--data_dir={tmp}/tfds"]
     for name in ("p4cnn_rotated_mnist", "z2cnn_rotated_mnist")
 }
+# One EM iteration: the same layers, task and trainer, a fraction of the compilation.
+SMALL_DATA["em_capsnet_mnist"] = ["--em_iterations=1"]
 
 
 # One flagfile of each family and each kind of stage trains end to end; the
