@@ -106,9 +106,13 @@ class Task:
         """`(H, W, C)` of the images the model takes."""
         raise NotImplementedError
 
+    def prepared_builder(self, options):
+        """The prepared TFDS builder of the task's data; an error naming how to prepare it."""
+        raise NotImplementedError
+
     def check_data(self, options):
         """Raises an error naming how to prepare the data when it is missing."""
-        raise NotImplementedError
+        self.prepared_builder(options)
 
     def images(self, split, options, shuffle):
         """A batched `tf.data.Dataset` of `(images, labels)` for `split`."""
@@ -116,7 +120,8 @@ class Task:
 
     def num_examples(self, split, options):
         """How many examples one epoch of `split` holds under `options`."""
-        raise NotImplementedError
+        size = self.prepared_builder(options).info.splits[split].num_examples
+        return min(size, options.num_examples or size)
 
     def pretraining(self):
         """The `Stage`s that train before the model; none by default."""

@@ -59,16 +59,9 @@ class RotatedMnistTask(Task):
             name="seed{}_train{}_test{}".format(*draw), seed=draw[0],
             train_examples=draw[1], test_examples=draw[2])}
 
-    def _builder(self, options):
+    def prepared_builder(self, options):
         return mnist.prepared_builder(self.settings.rotated_dataset, data_dir=options.data_dir,
                                       download=options.download, **self._builder_kwargs())
-
-    def check_data(self, options):
-        self._builder(options)
-
-    def num_examples(self, split, options):
-        size = self._builder(options).info.splits[split].num_examples
-        return min(size, options.num_examples or size)
 
     def images(self, split, options, shuffle):
         return rotated_mnist.load_rotated_mnist(

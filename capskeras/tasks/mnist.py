@@ -30,15 +30,9 @@ class MnistTask(Task):
         side = self.settings.pad_to
         return (side, side, 1) if side else mnist.IMAGE_SHAPE
 
-    def check_data(self, options):
-        mnist.prepared_builder("mnist", data_dir=options.data_dir, download=options.download)
-
-    def num_examples(self, split, options):
-        builder = mnist.prepared_builder(
-            "mnist", data_dir=options.data_dir, download=options.download
-        )
-        size = builder.info.splits[split].num_examples
-        return min(size, options.num_examples or size)
+    def prepared_builder(self, options):
+        return mnist.prepared_builder("mnist", data_dir=options.data_dir,
+                                      download=options.download)
 
     def images(self, split, options, shuffle):
         training = split == "train"

@@ -45,13 +45,8 @@ class SmallNorbTask(Task):
     def image_shape(self):
         return smallnorb.IMAGE_SHAPE
 
-    def check_data(self, options):
-        smallnorb.prepared_builder(data_dir=options.data_dir, download=options.download)
-
-    def num_examples(self, split, options):
-        builder = smallnorb.prepared_builder(data_dir=options.data_dir, download=options.download)
-        size = builder.info.splits[split].num_examples
-        return min(size, options.num_examples or size)
+    def prepared_builder(self, options):
+        return smallnorb.prepared_builder(data_dir=options.data_dir, download=options.download)
 
     def images(self, split, options, shuffle):
         return smallnorb.load_smallnorb(
