@@ -215,16 +215,21 @@ def grid_first(grid):
 
 
 def window_uniform_routing(grid_size, kernel_size, strides, input_types, parent_types):
-    """`[H' * W', 1, K * K * B]` numpy: 1 / (parents of each child), by window and slot.
+    """`[H' * W', C, K * K * B]` numpy: 1 / (parents of each child), by window and slot.
 
     A child's parents are the `parent_types` types at each window holding it.
+    The array repeats itself over the `C` types on purpose: handed a
+    broadcast instead, XLA folds the first M-step over the types and copies
+    the votes and their squares into a layout for it, two more vote-sized
+    buffers (0.26 GiB less peak memory for the paper's model at batch 32).
     """
     height, width = grid_size
     cells = window_cells(grid_size, kernel_size, strides)
     windows_per_cell = np.bincount(cells, minlength=height * width).astype(np.float32)
     per_slot = windows_per_cell[cells].reshape(-1, 1, kernel_size * kernel_size, 1)
-    per_child = np.broadcast_to(per_slot, per_slot.shape[:3] + (input_types,))
-    return 1.0 / (per_child.reshape(per_slot.shape[0], 1, -1) * parent_types)
+    shape = (per_slot.shape[0], parent_types, kernel_size * kernel_size, input_types)
+    per_child = np.broadcast_to(per_slot * parent_types, shape)
+    return (1.0 / per_child).reshape(shape[0], parent_types, -1)
 
 
 def window_softmax(grid_size, kernel_size, strides):
