@@ -45,8 +45,12 @@ def _reference(layer, x, feedback=None, k=None):
         largest = np.sqrt((p**2).sum(-1) + 1e-12).max(-1, keepdims=True)
         scores = norms + layer.feedback_weight * (groups * p).sum(-1) / largest
     target = layer.k / layer.groups
-    boost = np.exp(layer.boost_strength * (target - _np(layer.win_frequency)) / target)
-    scores = scores * boost
+    log_boost = layer.boost_strength * (target - _np(layer.win_frequency)) / target
+    if layer.lifetime == "standardize":  # training: the batch's statistics
+        scores = (scores - scores.mean((0, 1, 2))) / np.sqrt(scores.var((0, 1, 2)) + 1e-12)
+        scores = scores + log_boost
+    else:
+        scores = scores * np.exp(log_boost)
     k = k or layer.k
     order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
     mask = np.zeros(scores.shape)
@@ -55,8 +59,9 @@ def _reference(layer, x, feedback=None, k=None):
     return outputs.reshape(z.shape), mask
 
 
-def test_exactly_k_capsules_win_and_their_norms_sum_to_one():
-    layer = _layer(k=2, inference_k=3)
+@pytest.mark.parametrize("lifetime", ["boost", "standardize"])
+def test_exactly_k_capsules_win_and_their_norms_sum_to_one(lifetime):
+    layer = _layer(k=2, inference_k=3, lifetime=lifetime)
     x = _x()
     for training, k in ((True, 2), (False, 3)):
         norms = _capsule_norms(layer(x, training=training))
@@ -65,8 +70,9 @@ def test_exactly_k_capsules_win_and_their_norms_sum_to_one():
         np.testing.assert_allclose(norms.sum(-1), 1.0, rtol=1e-5)
 
 
-def test_matches_numpy_reference_with_and_without_feedback():
-    layer = _layer(k=2, boost_strength=0.0)
+@pytest.mark.parametrize("lifetime", ["boost", "standardize"])
+def test_matches_numpy_reference_with_and_without_feedback(lifetime):
+    layer = _layer(k=2, boost_strength=0.0, lifetime=lifetime)
     x = _x()
     feedback = np.random.default_rng(1).normal(size=(3, 5, 5, C * D)).astype("float32")
     expected, mask_plain = _reference(layer, x)
@@ -118,6 +124,56 @@ def test_boosting_lets_a_starved_capsule_win_and_frequencies_track_wins():
     np.testing.assert_allclose(
         _np(layer.win_frequency), 0.5 * frequency + 0.5 * wins.mean((0, 1, 2)), rtol=1e-6
     )
+
+
+def test_standardized_ranks_let_every_capsule_win_where_the_input_drives_it_most():
+    # A capsule whose drive is the largest on every input (its kernel matches
+    # what all inputs share; here a large bias) wins every position when
+    # ranked by its drive, even at unit kernel norm and with fair boosts:
+    # what a trained PredCaps top layer did at inference.
+    x = _x((8, 9, 9, 2))
+    selections = {}
+    for lifetime in ("boost", "standardize"):
+        layer = _layer(k=1, boost_strength=0.0, lifetime=lifetime)
+        layer.build(x.shape)
+        bias = layer.bias.numpy()
+        bias[:D] = 5.0
+        layer.bias.assign(bias)
+        before = _capsule_norms(layer(x)) > 0  # inference, before any training step
+        trained = _capsule_norms(layer(x, training=True)) > 0
+        selections[lifetime] = before, trained, _capsule_norms(layer(x)) > 0
+    # Before any training step the statistics are the identity (mean 0, variance 1).
+    np.testing.assert_array_equal(selections["standardize"][0], selections["boost"][0])
+    for mask in selections["boost"]:
+        assert mask[..., 0].all()
+    _, trained, inference = selections["standardize"]
+    # Ranked against its own distribution over the inputs, the capsule wins
+    # about its share, and every capsule wins somewhere in the batch.
+    assert trained[..., 0].mean() < 2 / C, trained[..., 0].mean()
+    assert trained.any(axis=(0, 1, 2)).all()
+    # After one step the debiased moving statistics are that batch's, so
+    # inference on the same inputs selects the same capsules.
+    np.testing.assert_array_equal(inference, trained)
+
+
+def test_standardized_moving_statistics_are_debiased_averages_of_the_last_passes():
+    layer = _layer(k=2, lifetime="standardize", statistics_decay=0.5)
+    batches = [_x(seed=seed) for seed in (3, 4)]
+    stats = []
+    for x in batches:
+        layer(x, training=True, update_frequency=False)  # an earlier pass: not counted
+        layer(x, training=True)
+        z = _np(layer.drive(x)).reshape(3, 5, 5, C, D)
+        scores = np.sqrt((z.astype("float64") ** 2).sum(-1) + 1e-12)
+        stats.append((scores.mean((0, 1, 2)), scores.var((0, 1, 2))))
+    weight = _np(layer.score_weight)
+    np.testing.assert_allclose(weight, 0.75, rtol=1e-6)
+    for moving, (first, second) in zip(
+        (layer.score_mean, layer.score_variance), zip(*stats)
+    ):
+        np.testing.assert_allclose(
+            _np(moving) / weight, (0.25 * first + 0.5 * second) / 0.75, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("selection,k", [("capsule", 2), ("unit", 4)])
@@ -235,6 +291,8 @@ def test_output_shape_and_symbolic_call_with_feedback():
         ({"selection": "group"}, "selection='group'"),
         ({"boost_strength": -1.0}, "boost_strength=-1.0"),
         ({"frequency_decay": 1.0}, "frequency_decay=1.0"),
+        ({"lifetime": "batch"}, "lifetime='batch'"),
+        ({"statistics_decay": 1.0}, "statistics_decay=1.0"),
     ],
 )
 def test_bad_arguments_raise_naming_the_value(kwargs, message):
@@ -247,9 +305,10 @@ def test_undefined_spatial_dimensions_raise():
         _layer().build((None, None, 8, 1))
 
 
-def _model():
+def _model(lifetime="boost"):
     return keras.Sequential(
-        [keras.Input((9, 9, 2)), _layer(k=2, inference_k=3, name="pred_caps"),
+        [keras.Input((9, 9, 2)),
+         _layer(k=2, inference_k=3, lifetime=lifetime, name="pred_caps"),
          keras.layers.Flatten()]
     )
 
@@ -265,27 +324,40 @@ def test_config_and_keras_round_trip():
     np.testing.assert_array_equal(
         _np(reloaded.get_layer("pred_caps").win_frequency), np.linspace(0, 1, C)
     )
+    # The standardized ranks' statistics are saved with the model.
+    model = _model(lifetime="standardize")
+    model(_x(), training=True)
+    layer = model.get_layer("pred_caps")
+    assert layer.get_config()["lifetime"] == "standardize"
+    reloaded = assert_keras_round_trip(model, _x(seed=5)).get_layer("pred_caps")
+    for name in ("score_mean", "score_variance", "score_weight"):
+        np.testing.assert_array_equal(_np(getattr(reloaded, name)), _np(getattr(layer, name)))
 
 
 def test_configs_from_before_kernel_normalization_keep_raw_kernels():
     from capskeras.models.predcaps import PredCapsEncoder
 
-    config = _layer().get_config()
+    config = _layer(lifetime="standardize").get_config()
     assert config["normalize_kernel"] is True
-    del config["normalize_kernel"]
-    assert PredCapsLayer.from_config(config).normalize_kernel is False
+    del config["normalize_kernel"], config["lifetime"]
+    old_layer = PredCapsLayer.from_config(config)
+    assert old_layer.normalize_kernel is False and old_layer.lifetime == "boost"
     encoder_config = PredCapsEncoder(seed=0).get_config()
     del encoder_config["normalize_kernel"]
     old = PredCapsEncoder.from_config(encoder_config)
     assert not any(layer.normalize_kernel for layer in old.pred_caps_layers)
 
 
-def test_saved_model_round_trip():
-    assert_saved_model_round_trip(_model(), _x())
+@pytest.mark.parametrize("lifetime", ["boost", "standardize"])
+def test_saved_model_round_trip(lifetime):
+    model = _model(lifetime)
+    model(_x(), training=True)
+    assert_saved_model_round_trip(model, _x(seed=5))
 
 
-def test_trains_under_jit_compile():
-    model = _model()
+@pytest.mark.parametrize("lifetime", ["boost", "standardize"])
+def test_trains_under_jit_compile(lifetime):
+    model = _model(lifetime)
     model.add(keras.layers.Dense(2))
     model.compile("adam", "mse", jit_compile=True)
     before = _np(model.get_layer("pred_caps").win_frequency).copy()
@@ -293,12 +365,15 @@ def test_trains_under_jit_compile():
     model.fit(_x(), np.ones((3, 2), "float32"), epochs=2, verbose=0)
     assert not np.array_equal(_np(model.get_layer("pred_caps").kernel), kernel)
     assert not np.array_equal(_np(model.get_layer("pred_caps").win_frequency), before)
+    if lifetime == "standardize":
+        assert _np(model.get_layer("pred_caps").score_weight) > 0
 
 
-def test_mixed_precision_outputs_float16():
+@pytest.mark.parametrize("lifetime", ["boost", "standardize"])
+def test_mixed_precision_outputs_float16(lifetime):
     try:
         keras.config.set_dtype_policy("mixed_float16")
-        layer = _layer()
+        layer = _layer(lifetime=lifetime)
         out = layer(_x(), feedback=np.ones((3, 5, 5, C * D), "float16"), training=True)
         assert keras.backend.standardize_dtype(out.dtype) == "float16"
         assert keras.backend.standardize_dtype(layer.win_frequency.dtype) == "float32"

@@ -89,12 +89,19 @@ def test_one_step_updates_every_layer_and_learns(mnist):
     assert history["layer_1_loss"][-1] < 0.7 * history["layer_1_loss"][0], history
 
 
-@pytest.mark.parametrize("boost_strength", [3.0, 0.0], ids=["boosted", "unboosted"])
-def test_every_capsule_wins_over_an_epoch_with_lifetime_sparsity(mnist, boost_strength):
+@pytest.mark.parametrize(
+    "lifetime, boost_strength",
+    [("boost", 3.0), ("boost", 0.0), ("standardize", 0.0), (None, 3.0)],
+    ids=["boosted", "unboosted", "standardized", "default"],
+)
+def test_every_capsule_wins_over_an_epoch_with_lifetime_sparsity(
+    mnist, lifetime, boost_strength
+):
     keras.utils.set_random_seed(0)
     # Raw kernels: normalized ones would undo the starvation by kernel scale below.
     encoder = PredCapsEncoder(
-        k=K, boost_strength=boost_strength, frequency_decay=0.8, normalize_kernel=False, seed=0
+        k=K, boost_strength=boost_strength, frequency_decay=0.8, normalize_kernel=False,
+        lifetime=lifetime, seed=0,
     )
     encoder.build((None, 28, 28, 1))
     first = encoder.pred_caps_layers[0]
@@ -113,7 +120,9 @@ def test_every_capsule_wins_over_an_epoch_with_lifetime_sparsity(mnist, boost_st
         _, outputs = encoder.passes(batch, training=False)
         for layer, count, y in zip(encoder.pred_caps_layers, wins, outputs):
             count += (_capsule_norms(y, layer.capsule_dim) > 0).sum(axis=(0, 1, 2))
-    if boost_strength:
+    if boost_strength or lifetime == "standardize":
+        # Standardized ranks need no boost: a capsule is ranked against its
+        # own scores, whatever their scale.
         for layer, count in zip(encoder.pred_caps_layers, wins):
             assert (count > 0).all(), (layer.name, count)
     else:
@@ -142,6 +151,20 @@ def test_feedback_iterations_validation():
         PredCapsEncoder(feedback_iterations=-1)
     with pytest.raises(ValueError, match=r"k=\[1, 2\]"):
         PredCapsEncoder(k=(1, 2))
+    with pytest.raises(ValueError, match=r"lifetime=\['boost', 'boost'\]"):
+        PredCapsEncoder(lifetime=("boost", "boost"))
+
+
+def test_the_top_layer_ranks_standardized_scores_and_old_configs_keep_boosting():
+    encoder = PredCapsEncoder(seed=0)
+    assert [layer.lifetime for layer in encoder.pred_caps_layers] == [
+        "boost", "boost", "standardize"]
+    assert [layer.lifetime for layer in PredCapsEncoder(lifetime="standardize").pred_caps_layers
+            ] == ["standardize"] * 3
+    config = encoder.get_config()
+    assert PredCapsEncoder.from_config(config).lifetime == encoder.lifetime
+    del config["lifetime"]
+    assert PredCapsEncoder.from_config(config).lifetime == ("boost",) * 3
 
 
 def _study(head):

@@ -9,6 +9,7 @@ from capskeras.checks import check_positive_int_pair
 _NORMALIZATIONS = ("unit_total", "layer_norm")
 _SELECTIONS = ("capsule", "unit")
 _PADDINGS = ("same", "valid")
+_LIFETIMES = ("boost", "standardize")
 _EPSILON = 1e-12  # inside the float32 norms; sqrt(eps) is far below any drive
 
 
@@ -48,14 +49,31 @@ class PredCapsLayer(keras.layers.Layer):
        `0 <= w <= 1` the score stays `>= 0`, between `(1 - w) |z_c|`
        (prediction opposed) and `(1 + w) |z_c|` (prediction confirmed).
        Without feedback `s_c = |z_c|`.
-    3. Lifetime sparsity by boosting: `f_c` tracks how often capsule `c`
-       wins (exponential moving average over training batches and
-       positions, decay `frequency_decay`); ranking uses
-       `s_c * beta_c` with `beta_c = exp(boost_strength * (t - f_c) / t)`,
-       `t = k / capsules` the fair share, so a capsule that wins too
-       rarely is boosted until it wins. Boosting only ranks; it never
-       scales an output.
-    4. Group top-k: the `k` capsules with the largest boosted scores win at
+    3. Lifetime sparsity. `f_c` tracks how often capsule `c` wins
+       (exponential moving average over training batches and positions,
+       decay `frequency_decay`), `t = k / capsules` is the fair share and
+       `beta_c = exp(boost_strength * (t - f_c) / t)` the boost, so a
+       capsule that wins too rarely is boosted until it wins. Boosting
+       only ranks; it never scales an output. The rank score `r_c` is:
+       - `lifetime="standardize"`: each capsule's score is compared with
+         its own distribution over inputs,
+         `r_c = (s_c - mu_c) / sigma_c + log(beta_c)`, with `mu_c` and
+         `sigma_c^2` the mean and variance of `s_c` over the batch and the
+         positions in training, and at inference their moving averages
+         over training batches (decay `statistics_decay`, divided by
+         `1 - statistics_decay^steps` so that early estimates are not
+         biased towards the initial zeros; before any training step
+         `mu_c = 0`, `sigma_c = 1`). A capsule wins where the input drives
+         it more than it drives it on other inputs. A capsule whose kernel
+         matches what every input shares has the largest `s_c` everywhere,
+         but only its variation across inputs ranks it; and within each
+         training batch every capsule's `r_c - log(beta_c)` has mean 0 and
+         unit variance, so the capsules share the wins input by input
+         instead of by boosting whole batches from one capsule to another.
+       - `lifetime="boost"`: `r_c = s_c * beta_c` (frequency boosting
+         alone; at inference, where the boosts are near 1, one capsule
+         can win on every input).
+    4. Group top-k: the `k` capsules with the largest rank scores win at
        each position (exactly `k`, ties broken by index); every unit of the
        other capsules is zero. At inference `inference_k` capsules win.
     5. Competition, `normalization="unit_total"`:
@@ -91,6 +109,15 @@ class PredCapsLayer(keras.layers.Layer):
         selection: `"capsule"` (default) or `"unit"`.
         boost_strength: float >= 0, 0 disables boosting. Defaults to `3.0`.
         frequency_decay: float in [0, 1), decay of the win-frequency average.
+        lifetime: `"standardize"` or `"boost"` (the default, for
+            compatibility with the layers trained before), how ranks are
+            made comparable across inputs (see 3).
+        statistics_decay: float in [0, 1), decay of the moving score
+            statistics of `lifetime="standardize"`. Defaults to `0.5`: the
+            statistics must follow the kernels as they learn (with `0.9`,
+            after 10,000 MNIST digits of local learning the top layer's
+            statistics lagged its kernels, and one capsule never won at
+            inference).
         normalize_kernel: bool, drive with unit-norm capsule kernels (see 1).
             Defaults to `True`.
         kernel_initializer: Initializer of the convolution kernel `W`.
@@ -122,7 +149,9 @@ class PredCapsLayer(keras.layers.Layer):
         `kernel` `(kh, kw, channels, capsules * capsule_dim)`, `bias`;
         `decoder_kernel` `(kh, kw, channels, capsules * capsule_dim)` and
         `decoder_bias` `(channels,)`; non-trainable `win_frequency` with one
-        entry per group (capsule, or unit).
+        entry per group (capsule, or unit); with `lifetime="standardize"`
+        also non-trainable `score_mean` and `score_variance`, one entry per
+        group, and the scalar `score_weight` (`1 - statistics_decay^steps`).
 
     Example:
 
@@ -156,6 +185,8 @@ class PredCapsLayer(keras.layers.Layer):
         boost_strength=3.0,
         frequency_decay=0.99,
         normalize_kernel=True,
+        lifetime="boost",
+        statistics_decay=0.5,
         kernel_initializer="glorot_uniform",
         bias_initializer=None,
         decoder_initializer="glorot_uniform",
@@ -203,6 +234,16 @@ class PredCapsLayer(keras.layers.Layer):
             )
         self.frequency_decay = float(frequency_decay)
         self.normalize_kernel = bool(normalize_kernel)
+        if lifetime not in _LIFETIMES:
+            raise ValueError(
+                f"Received: lifetime={lifetime!r}; expected one of {list(_LIFETIMES)}"
+            )
+        self.lifetime = lifetime
+        if not 0.0 <= statistics_decay < 1.0:
+            raise ValueError(
+                f"Received: statistics_decay={statistics_decay!r}; expected a float in [0, 1)"
+            )
+        self.statistics_decay = float(statistics_decay)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(
             bias_initializer or keras.initializers.RandomNormal(stddev=0.01)
@@ -250,6 +291,20 @@ class PredCapsLayer(keras.layers.Layer):
             dtype="float32",
             autocast=False,
         )
+        if self.lifetime == "standardize":
+            # Only in this mode, so that layers saved before it load unchanged.
+            self.score_mean = self.add_weight(
+                name="score_mean", shape=(self.groups,), initializer="zeros",
+                trainable=False, dtype="float32", autocast=False,
+            )
+            self.score_variance = self.add_weight(
+                name="score_variance", shape=(self.groups,), initializer="zeros",
+                trainable=False, dtype="float32", autocast=False,
+            )
+            self.score_weight = self.add_weight(
+                name="score_weight", shape=(), initializer="zeros",
+                trainable=False, dtype="float32", autocast=False,
+            )
 
     # ------------------------------------------------------------ forward
 
@@ -277,12 +332,33 @@ class PredCapsLayer(keras.layers.Layer):
             agreement = ops.sum(groups * predicted, axis=-1) / largest
             scores = norms + self.feedback_weight * agreement
         scores = ops.stop_gradient(scores)
-        if self.boost_strength > 0.0:
-            target = self.k / self.groups
-            boost = ops.exp(
-                self.boost_strength * (target - self.win_frequency.value) / target
-            )
-            scores = scores * boost
+        target = self.k / self.groups
+        if self.lifetime == "standardize":
+            if training:
+                mean = ops.mean(scores, axis=(0, 1, 2))
+                variance = ops.var(scores, axis=(0, 1, 2))
+                if update_frequency:
+                    d = self.statistics_decay
+                    self.score_mean.assign(d * self.score_mean.value + (1 - d) * mean)
+                    self.score_variance.assign(
+                        d * self.score_variance.value + (1 - d) * variance)
+                    self.score_weight.assign(d * self.score_weight.value + (1 - d))
+            else:
+                weight = self.score_weight.value
+                seen = ops.cast(weight > 0, "float32")
+                weight = ops.maximum(weight, 1e-12)
+                mean = seen * self.score_mean.value / weight
+                variance = seen * self.score_variance.value / weight + (1 - seen)
+            scores = (scores - mean) / ops.sqrt(variance + 1e-12)
+            if self.boost_strength > 0.0:
+                scores = scores + self.boost_strength * (
+                    target - self.win_frequency.value) / target
+        else:
+            if self.boost_strength > 0.0:
+                boost = ops.exp(
+                    self.boost_strength * (target - self.win_frequency.value) / target
+                )
+                scores = scores * boost
         k = self.k if training or self.inference_k is None else self.inference_k
         _, winners = ops.top_k(scores, k, sorted=False)
         mask = ops.stop_gradient(
@@ -376,6 +452,8 @@ class PredCapsLayer(keras.layers.Layer):
                 "boost_strength": self.boost_strength,
                 "frequency_decay": self.frequency_decay,
                 "normalize_kernel": self.normalize_kernel,
+                "lifetime": self.lifetime,
+                "statistics_decay": self.statistics_decay,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "decoder_initializer": keras.initializers.serialize(self.decoder_initializer),
@@ -385,5 +463,5 @@ class PredCapsLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        # Configs saved before `normalize_kernel` existed were trained with raw kernels.
-        return cls(**{"normalize_kernel": False, **config})
+        # Configs saved before `normalize_kernel` and `lifetime` existed: raw kernels, boosting.
+        return cls(**{"normalize_kernel": False, "lifetime": "boost", **config})

@@ -55,6 +55,10 @@ class PredCapsEncoder(keras.Model):
         boost_strength: float >= 0, see `PredCapsLayer`.
         frequency_decay: float in [0, 1), see `PredCapsLayer`.
         normalize_kernel: bool, see `PredCapsLayer`.
+        lifetime: `"boost"` or `"standardize"` for every layer, or one per
+            layer; see `PredCapsLayer`. None (the default): boosting in the
+            lower layers and standardized ranks in the top layer.
+        statistics_decay: float in [0, 1), see `PredCapsLayer`.
         seed: int or None, seeds the kernels' initializers.
 
     Call arguments:
@@ -86,6 +90,8 @@ class PredCapsEncoder(keras.Model):
         boost_strength=3.0,
         frequency_decay=0.99,
         normalize_kernel=True,
+        lifetime=None,
+        statistics_decay=0.5,
         seed=None,
         **kwargs,
     ):
@@ -109,6 +115,19 @@ class PredCapsEncoder(keras.Model):
         self.boost_strength = float(boost_strength)
         self.frequency_decay = float(frequency_decay)
         self.normalize_kernel = bool(normalize_kernel)
+        if lifetime is None:
+            # The top layer's few positions rank standardized scores; with
+            # boosting alone one capsule won nearly every input at inference.
+            lifetime = ("boost",) * (len(self.geometry) - 1) + ("standardize",)
+        elif isinstance(lifetime, str):
+            lifetime = (lifetime,) * len(self.geometry)
+        self.lifetime = tuple(lifetime)
+        if len(self.lifetime) != len(self.geometry):
+            raise ValueError(
+                f"Received: lifetime={list(self.lifetime)}; expected a string or "
+                f"{len(self.geometry)} strings, one per layer"
+            )
+        self.statistics_decay = float(statistics_decay)
         self.seed = seed
         self.pred_caps_layers = []
         for index, ((capsules, dim, kernel, stride), layer_k) in enumerate(
@@ -121,6 +140,7 @@ class PredCapsEncoder(keras.Model):
                     feedback_weight=feedback_weight, normalization=normalization,
                     selection=selection, boost_strength=boost_strength,
                     frequency_decay=frequency_decay, normalize_kernel=normalize_kernel,
+                    lifetime=self.lifetime[index], statistics_decay=statistics_decay,
                     kernel_initializer=keras.initializers.GlorotUniform(
                         None if seed is None else seed + index
                     ),
@@ -202,6 +222,8 @@ class PredCapsEncoder(keras.Model):
                 "boost_strength": self.boost_strength,
                 "frequency_decay": self.frequency_decay,
                 "normalize_kernel": self.normalize_kernel,
+                "lifetime": self.lifetime,
+                "statistics_decay": self.statistics_decay,
                 "seed": self.seed,
             }
         )
@@ -209,8 +231,8 @@ class PredCapsEncoder(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        # Configs saved before `normalize_kernel` existed were trained with raw kernels.
-        return cls(**{"normalize_kernel": False, **config})
+        # Configs saved before `normalize_kernel` and `lifetime` existed: raw kernels, boosting.
+        return cls(**{"normalize_kernel": False, "lifetime": "boost", **config})
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
