@@ -50,7 +50,7 @@ def test_exactly_k_capsules_per_position_with_unit_total_norms(mnist):
 
 
 def test_unit_selection_keeps_as_many_units_as_capsule_selection():
-    encoder = predcaps_encoder(seed=0, selection="unit")
+    encoder = predcaps_encoder(seed=0, k=K, selection="unit")
     assert [layer.k for layer in encoder.pred_caps_layers] == [2 * 4, 2 * 16, 4 * 16]
     assert all(layer.selection == "unit" for layer in encoder.pred_caps_layers)
 
