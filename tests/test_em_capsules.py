@@ -269,7 +269,8 @@ def test_em_capsnet_training_lowers_the_loss_and_moves_the_margin():
     images[labels == 1, :10] += 1.0  # Three classes a network can tell apart.
     images[labels == 2, :, :10] += 1.0
     model = tiny_model(margin_steps=100)
-    model.compile(keras.optimizers.Adam(0.01), model.default_loss(),
+    # At 0.01, float round-off alone (a reordered sum) decided whether seed 0 trained.
+    model.compile(keras.optimizers.Adam(0.003), model.default_loss(),
                   metrics=model.default_metrics())
     data = model.make_example(images, labels)
 
