@@ -332,33 +332,15 @@ class PredCapsLayer(keras.layers.Layer):
             agreement = ops.sum(groups * predicted, axis=-1) / largest
             scores = norms + self.feedback_weight * agreement
         scores = ops.stop_gradient(scores)
+        # log(beta_c), see 3.
         target = self.k / self.groups
+        log_boost = self.boost_strength * (target - self.win_frequency.value) / target
         if self.lifetime == "standardize":
-            if training:
-                mean = ops.mean(scores, axis=(0, 1, 2))
-                variance = ops.var(scores, axis=(0, 1, 2))
-                if update_frequency:
-                    d = self.statistics_decay
-                    self.score_mean.assign(d * self.score_mean.value + (1 - d) * mean)
-                    self.score_variance.assign(
-                        d * self.score_variance.value + (1 - d) * variance)
-                    self.score_weight.assign(d * self.score_weight.value + (1 - d))
-            else:
-                weight = self.score_weight.value
-                seen = ops.cast(weight > 0, "float32")
-                weight = ops.maximum(weight, 1e-12)
-                mean = seen * self.score_mean.value / weight
-                variance = seen * self.score_variance.value / weight + (1 - seen)
-            scores = (scores - mean) / ops.sqrt(variance + 1e-12)
+            scores = self._standardized(scores, training, update_frequency)
             if self.boost_strength > 0.0:
-                scores = scores + self.boost_strength * (
-                    target - self.win_frequency.value) / target
-        else:
-            if self.boost_strength > 0.0:
-                boost = ops.exp(
-                    self.boost_strength * (target - self.win_frequency.value) / target
-                )
-                scores = scores * boost
+                scores = scores + log_boost
+        elif self.boost_strength > 0.0:
+            scores = scores * ops.exp(log_boost)
         k = self.k if training or self.inference_k is None else self.inference_k
         _, winners = ops.top_k(scores, k, sorted=False)
         mask = ops.stop_gradient(
@@ -434,6 +416,24 @@ class PredCapsLayer(keras.layers.Layer):
             self._output_size(input_shape[2], self.kernel_size[1], self.strides[1]),
             self.units,
         )
+
+    def _standardized(self, scores, training, update_frequency):
+        """`(s_c - mu_c) / sigma_c` of `lifetime="standardize"`, see 3."""
+        if training:
+            mean = ops.mean(scores, axis=(0, 1, 2))
+            variance = ops.var(scores, axis=(0, 1, 2))
+            if update_frequency:
+                d = self.statistics_decay
+                self.score_mean.assign(d * self.score_mean.value + (1 - d) * mean)
+                self.score_variance.assign(d * self.score_variance.value + (1 - d) * variance)
+                self.score_weight.assign(d * self.score_weight.value + (1 - d))
+        else:
+            weight = self.score_weight.value
+            seen = ops.cast(weight > 0, "float32")
+            weight = ops.maximum(weight, 1e-12)
+            mean = seen * self.score_mean.value / weight
+            variance = seen * self.score_variance.value / weight + (1 - seen)
+        return (scores - mean) / ops.sqrt(variance + 1e-12)
 
     def get_config(self):
         config = super().get_config()
