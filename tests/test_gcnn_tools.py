@@ -64,8 +64,15 @@ def test_bench_reports_ratios():
     result = tool.compare("group", batch_size=2, repeats=1, steps=1, size=6, channels=2,
                           filters=2)
     assert result["group_output_maps"] == 8
+    # Both are one 3x3 convolution of 8 maps to 8 on a 6x6 input, plus a bias:
+    # 2 x 4 x 4 positions x 8 outputs x 9 x 8 inputs, and 4 x 4 x 8 additions.
+    # The group layer adds only the gather's bounds check of its 576 constant
+    # indices (a comparison and an addition each), which TensorFlow folds.
+    assert result["plain_forward_flops"] == 18432 + 128
+    assert 18432 + 128 <= result["group_forward_flops"] <= 18432 + 128 + 2 * 576
     for mode in ("inference", "train"):
         assert result[mode]["group_ms"] > 0 and result[mode]["plain_ms"] > 0
         assert result[mode]["ratio"] == pytest.approx(
             result[mode]["plain_ms"] / result[mode]["group_ms"])
-    assert tool.cpu_line()
+        assert result[mode]["ratio_per_flop"] == pytest.approx(
+            result[mode]["ratio"] * result["flop_ratio"])

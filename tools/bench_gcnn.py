@@ -6,7 +6,11 @@ group model with a plain one, builds a traced inference step
 square of the outputs as loss, backward, an SGD update) for each, and
 times them in interleaved repeats (group, plain, group, plain, ...), so
 drifts in machine load hit both alike. The ratio is group throughput over
-plain throughput (median step times): 1.0 means as fast.
+plain throughput (median step times): 1.0 means as fast. Each pair also
+reports both models' forward FLOPs per image (`forward_flops`) and the
+ratio per FLOP, the throughput ratio times the group model's extra work:
+P4CNN does about 4x Z2CNN's arithmetic per layer (40 maps to 20), so its
+throughput ratio against Z2CNN says little about the layers' efficiency.
 
 Pairs:
 - `lifting`: GroupConv2D(filters, 3, lifting=True) on images vs
@@ -24,13 +28,14 @@ Pairs:
 import argparse
 import json
 import statistics
-import subprocess
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from capskeras.benchmarking.flops import forward_flops
+from capskeras.benchmarking.machine import machine_facts
 from capskeras.layers import GroupConv2D
 from capskeras.models import build_p4cnn
 from capskeras.models import build_z2cnn
@@ -38,19 +43,6 @@ from capskeras.models import fold_for_serving
 
 PAIRS = ("lifting", "group", "p4cnn_vs_z2cnn", "p4cnn_vs_folded")
 ORDERS = {"p4": 4, "p4m": 8}
-
-
-def cpu_line():
-    """The CPU model name and its widest vector extensions, for the report."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    name = fields.get("Model name", "unknown CPU").strip()
-    flags = set(fields.get("Flags", "").split())
-    vector = [f for f in ("avx2", "fma", "avx512f") if f in flags]
-    return f"{name} ({fields.get('CPU(s)', '?').strip()} CPUs; {', '.join(vector) or 'no AVX2'})"
 
 
 def _single(layer, input_shape):
@@ -109,9 +101,13 @@ def compare(name, batch_size=64, repeats=5, steps=5, **pair_kwargs):
     group_model, plain_model, shape = build_pair(name, **pair_kwargs)
     x = tf.constant(np.random.default_rng(0).uniform(size=(batch_size,) + shape), tf.float32)
     steps_of = {"group": _steps(group_model), "plain": _steps(plain_model)}
+    flops = {kind: forward_flops(model, x[:1]).total
+             for kind, model in (("group", group_model), ("plain", plain_model))}
     result = {"pair": name, "batch_size": batch_size, "input_shape": list(shape),
               "group_output_maps": int(group_model.layers[-1].compute_output_shape(
-                  (None,) + shape)[-1]) if name in ("lifting", "group") else None}
+                  (None,) + shape)[-1]) if name in ("lifting", "group") else None,
+              "group_forward_flops": flops["group"], "plain_forward_flops": flops["plain"],
+              "flop_ratio": flops["group"] / flops["plain"]}
     for mode in ("inference", "train"):
         times = {"group": [], "plain": []}
         for kind in times:  # warm up: trace and first run
@@ -121,7 +117,8 @@ def compare(name, batch_size=64, repeats=5, steps=5, **pair_kwargs):
                 times[kind].append(_time(steps_of[kind][mode], x, steps))
         group_s, plain_s = statistics.median(times["group"]), statistics.median(times["plain"])
         result[mode] = {"group_ms": 1e3 * group_s, "plain_ms": 1e3 * plain_s,
-                        "ratio": plain_s / group_s}
+                        "ratio": plain_s / group_s,
+                        "ratio_per_flop": plain_s / group_s * result["flop_ratio"]}
     return result
 
 
@@ -138,23 +135,30 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     tf.get_logger().setLevel("ERROR")  # one trace per model and step is intended
-    cpu = cpu_line()
-    print(f"CPU: {cpu}; TensorFlow {tf.__version__}; batch {args.batch_size}, "
-          f"{args.repeats} interleaved repeats of {args.steps} steps, medians")
-    print("| pair | inference group / plain ms | ratio | train group / plain ms | ratio |")
-    print("|---|---|---:|---|---:|")
+    facts = machine_facts()
+    print(f"{facts['device']}; vector extensions {','.join(facts['cpu_vector_extensions'])}; "
+          f"oneDNN {'on' if facts['onednn_enabled'] else 'off'}; load "
+          f"{facts['load_average_1min']}; TensorFlow {facts['tensorflow_version']}; batch "
+          f"{args.batch_size}, {args.repeats} interleaved repeats of {args.steps} steps, medians")
+    print("| pair | forward MFLOP group / plain | inference ms group / plain | ratio | "
+          "per FLOP | train ms group / plain | ratio | per FLOP |")
+    print("|---|---|---|---:|---:|---|---:|---:|")
     results = []
     for name in args.pairs.split(","):
         layer_kwargs = {"size": args.size, "channels": args.channels, "filters": args.filters}
         result = compare(name, args.batch_size, args.repeats, args.steps, group=args.group,
                          **(layer_kwargs if name in ("lifting", "group") else {}))
         results.append(result)
-        inf, tr = result["inference"], result["train"]
-        print(f"| {name} | {inf['group_ms']:.2f} / {inf['plain_ms']:.2f} | {inf['ratio']:.2f} "
-              f"| {tr['group_ms']:.2f} / {tr['plain_ms']:.2f} | {tr['ratio']:.2f} |", flush=True)
+        cells = [f"{result['group_forward_flops'] / 1e6:.2f} / "
+                 f"{result['plain_forward_flops'] / 1e6:.2f}"]
+        for mode in ("inference", "train"):
+            timing = result[mode]
+            cells += [f"{timing['group_ms']:.2f} / {timing['plain_ms']:.2f}",
+                      f"{timing['ratio']:.2f}", f"{timing['ratio_per_flop']:.2f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"cpu": cpu, "args": vars(args), "results": results}, handle, indent=2)
+            json.dump({"machine": facts, "args": vars(args), "results": results}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -123,14 +123,16 @@ class GroupBatchNormalization(keras.layers.Layer):
     def call(self, inputs, training=False):
         # As keras.layers.BatchNormalization: a frozen layer runs in inference mode.
         training = bool(training) and self.trainable
-        shape = ops.shape(inputs)
-        grouped = ops.reshape(
-            ops.cast(inputs, "float32"),
-            tuple(shape[:-1]) + (self.channels, self.group_order),
-        )
+        flat = ops.cast(inputs, "float32")
         if training:
-            axes = tuple(range(len(grouped.shape) - 2)) + (len(grouped.shape) - 1,)
-            mean, variance = ops.moments(grouped, axes=axes)
+            # Reductions over every axis but the last, then over the group
+            # copies of each channel on the small [C * G] result: the same
+            # memory pattern as an ordinary batch normalization, which runs
+            # far faster than one reduction over a [..., C, G] view.
+            axes = tuple(range(len(flat.shape) - 1))
+            mean = self._over_group(ops.mean(flat, axis=axes))
+            deviations = flat - self._per_map(ops.stop_gradient(mean))
+            variance = self._over_group(ops.mean(ops.square(deviations), axis=axes))
             self.moving_mean.assign(
                 self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
             )
@@ -146,8 +148,18 @@ class GroupBatchNormalization(keras.layers.Layer):
         offset = -mean * multiplier
         if self.center:
             offset = offset + ops.cast(self.beta, "float32")
-        outputs = grouped * ops.expand_dims(multiplier, -1) + ops.expand_dims(offset, -1)
-        return ops.cast(ops.reshape(outputs, shape), self.compute_dtype)
+        outputs = flat * self._per_map(multiplier) + self._per_map(offset)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _over_group(self, per_map):
+        """Averages `[C * G]` values over each channel's `G` copies: `[C]`."""
+        return ops.mean(ops.reshape(per_map, (self.channels, self.group_order)), axis=-1)
+
+    def _per_map(self, per_channel):
+        """Repeats `[C]` values for each channel's `G` copies: `[C * G]`."""
+        copies = ops.broadcast_to(ops.expand_dims(per_channel, -1),
+                                  (self.channels, self.group_order))
+        return ops.reshape(copies, (-1,))
 
     def compute_output_shape(self, input_shape):
         return input_shape

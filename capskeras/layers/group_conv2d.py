@@ -1,6 +1,7 @@
 """GroupConv2D: the p4 and p4m group convolutions of Cohen and Welling."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from capskeras.checks import check_positive_int
@@ -195,22 +196,22 @@ class GroupConv2D(keras.layers.Layer):
             )
         else:
             self.bias = None
-        # A constant of the layer's configuration, not a weight.
-        self._expansion_index = group_algebra.expansion_index(
+        # A constant of the layer's configuration, not a weight: where each
+        # entry of the expanded kernel sits in the flattened filter banks, so
+        # that one gather builds the expanded kernel in its final layout.
+        per_bank = group_algebra.expansion_index(
             self.group, self.kernel_size, self.in_channels, self.lifting
-        ).reshape(-1)
+        )
+        filters = np.arange(self.filters, dtype="int32")
+        self._expansion_index = (per_bank[..., None, :] * self.filters
+                                 + filters[:, None]).reshape(-1)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
 
     def expanded_kernel(self):
         """The kernel of the equivalent `Conv2D`: `[kh, kw, C_in, filters * G]`."""
         kh, kw = self.kernel_size
-        bank = ops.reshape(self.kernel, (-1, self.filters))
-        copies = ops.take(bank, ops.convert_to_tensor(self._expansion_index), axis=0)
-        copies = ops.reshape(
-            copies, (kh, kw, self.in_channels * self.in_group_order, self.group_order,
-                     self.filters)
-        )
-        copies = ops.transpose(copies, (0, 1, 2, 4, 3))
+        copies = ops.take(ops.reshape(self.kernel, (-1,)),
+                          ops.convert_to_tensor(self._expansion_index))
         return ops.reshape(
             copies, (kh, kw, self.in_channels * self.in_group_order,
                      self.filters * self.group_order)
@@ -218,7 +219,9 @@ class GroupConv2D(keras.layers.Layer):
 
     def expanded_bias(self):
         """The bias of the equivalent `Conv2D`: each channel's bias `G` times."""
-        return ops.repeat(self.bias, self.group_order)
+        copies = ops.broadcast_to(ops.expand_dims(self.bias, -1),
+                                  (self.filters, self.group_order))
+        return ops.reshape(copies, (-1,))
 
     def call(self, inputs):
         self._check_geometry(tuple(inputs.shape[1:3]))
@@ -230,7 +233,8 @@ class GroupConv2D(keras.layers.Layer):
             data_format="channels_last",
         )
         if self.use_bias:
-            outputs = outputs + ops.cast(self.expanded_bias(), self.compute_dtype)
+            # ops.add writes a BiasAdd, which oneDNN fuses into the convolution.
+            outputs = ops.add(outputs, ops.cast(self.expanded_bias(), self.compute_dtype))
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
