@@ -76,3 +76,13 @@ def test_bench_reports_ratios():
             result[mode]["plain_ms"] / result[mode]["group_ms"])
         assert result[mode]["ratio_per_flop"] == pytest.approx(
             result[mode]["ratio"] * result["flop_ratio"])
+
+
+def test_rotation_equivariance_tool_measures_real_digits():
+    tool = _load_tool("rotation_equivariance")
+    x = tool.digits(4)
+    assert x.shape == (4, 28, 28, 1) and x[:, 0, 0].max() == 0.0  # corners cut to the disc
+    report = tool.measure(x, rotations=8, kernel_size=3)
+    assert report["degrees"] == 45.0
+    assert report["quarter_turn_error"] < 1e-5
+    assert report["equivariance_error"] < 0.7 < 1.0 < report["plain_cnn_error"]

@@ -14,6 +14,7 @@ from capskeras.layers.pred_caps import PredCapsLayer
 from capskeras.layers.primary_capsules import PrimaryCapsules
 from capskeras.layers.primary_matrix_capsules import PrimaryMatrixCapsules
 from capskeras.layers.rank_mask import RankMask
+from capskeras.layers.rotated_conv2d import RotatedConv2D
 from capskeras.layers.stop_gradient import StopGradient
 
 # Every capskeras model imports these layers, and by now Keras has started

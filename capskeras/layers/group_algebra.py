@@ -15,6 +15,12 @@ Group law. The mirror reverses rotations (`m r = r^-1 m`), so
 `(s, k) (s', k') = (s xor s', k + (-1)^s k' mod 4)`; p4 is the `s = 0`
 half with indices 0..3.
 
+Cyclic groups. `"c<K>"` names the K rotations by multiples of 360 / K
+degrees, the group of `capskeras.layers.RotatedConv2D`, whose feature maps
+share the layout below with `G = K`. Only `group_order` knows them: for K
+other than 1, 2 and 4 their action on a pixel grid needs interpolation, so
+the exact machinery here (transforms, kernel expansion) takes p4 and p4m.
+
 Feature maps on the group (layout of every capskeras group layer): a
 channels-last tensor `[B, H, W, C * G]` whose channel `c * G + g` holds
 channel `c` at group element `g` (the group index runs fastest). An element
@@ -36,13 +42,34 @@ def check_group(group):
     return GROUP_ORDERS[group]
 
 
+def cyclic_group(rotations):
+    """The name `"c<K>"` of the group of `rotations` rotations."""
+    return f"c{rotations}"
+
+
+def group_order(group):
+    """The order of `"p4"`, `"p4m"` or a cyclic group `"c<K>"` (K >= 1).
+
+    Raises a ValueError naming the value otherwise.
+    """
+    if group in GROUP_ORDERS:
+        return GROUP_ORDERS[group]
+    if isinstance(group, str) and group[:1] == "c" and group[1:].isdigit() \
+            and group[1] != "0":
+        return int(group[1:])
+    raise ValueError(
+        f"Received: group={group!r}; expected 'p4', 'p4m' or 'c<K>' (K rotations "
+        "by 360 / K degrees, K >= 1, e.g. 'c16')"
+    )
+
+
 def check_group_channels(input_shape, group):
     """The channels `C` of group feature maps of `input_shape` (`C * G` on the last axis).
 
-    Raises a ValueError naming the shape unless the last axis is known and
-    divisible by the group's order.
+    Takes any group `group_order` knows. Raises a ValueError naming the
+    shape unless the last axis is known and divisible by the group's order.
     """
-    order = check_group(group)
+    order = group_order(group)
     channels = input_shape[-1]
     if channels is None or channels % order:
         raise ValueError(

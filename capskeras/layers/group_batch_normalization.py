@@ -26,7 +26,8 @@ class GroupBatchNormalization(keras.layers.Layer):
     channel's statistics repeated, for serving.
 
     Args:
-        group: `"p4"` (G = 4) or `"p4m"` (G = 8).
+        group: `"p4"` (G = 4), `"p4m"` (G = 8) or `"c<K>"` (G = K, the
+            rotations of `RotatedConv2D`).
         momentum: float in [0, 1), momentum of the moving statistics.
         epsilon: float > 0 added to the variance.
         center: bool, learn the offset `beta`.
@@ -78,7 +79,7 @@ class GroupBatchNormalization(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.group = group
-        self.group_order = group_algebra.check_group(group)
+        self.group_order = group_algebra.group_order(group)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Received: momentum={momentum!r}; expected a float in [0, 1)")
         if not epsilon > 0.0:

@@ -116,7 +116,7 @@ class GroupConv2D(keras.layers.Layer):
                 "(quarter turns map a kh x kw window onto a kw x kh one)"
             )
         self.group = group
-        self.group_order = group_algebra.check_group(group)
+        self.group_order = self._group_order(group)
         if not isinstance(lifting, bool):
             raise ValueError(f"Received: lifting={lifting!r}; expected a bool")
         self.lifting = lifting
@@ -134,6 +134,15 @@ class GroupConv2D(keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self._check_geometry((None, None))
+
+    def _group_order(self, group):
+        """The order of `group`, one whose action on the kernel is exact."""
+        if group not in group_algebra.GROUP_ORDERS:
+            raise ValueError(
+                f"Received: group={group!r}; expected 'p4' or 'p4m' (for K rotations by "
+                "interpolated filters, use RotatedConv2D(rotations=K))"
+            )
+        return group_algebra.GROUP_ORDERS[group]
 
     @property
     def in_group_order(self):
@@ -196,16 +205,21 @@ class GroupConv2D(keras.layers.Layer):
             )
         else:
             self.bias = None
-        # A constant of the layer's configuration, not a weight: where each
-        # entry of the expanded kernel sits in the flattened filter banks, so
-        # that one gather builds the expanded kernel in its final layout.
+        self._build_expansion()
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+
+    def _build_expansion(self):
+        """Where each entry of the expanded kernel sits in the flattened filter banks.
+
+        A constant of the layer's configuration, not a weight, so that one
+        gather builds the expanded kernel in its final layout.
+        """
         per_bank = group_algebra.expansion_index(
             self.group, self.kernel_size, self.in_channels, self.lifting
         )
         filters = np.arange(self.filters, dtype="int32")
         self._expansion_index = (per_bank[..., None, :] * self.filters
                                  + filters[:, None]).reshape(-1)
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
 
     def expanded_kernel(self):
         """The kernel of the equivalent `Conv2D`: `[kh, kw, C_in, filters * G]`."""

@@ -20,7 +20,8 @@ class GroupPooling(keras.layers.Layer):
     it is invariant.
 
     Args:
-        group: `"p4"` (G = 4) or `"p4m"` (G = 8).
+        group: `"p4"` (G = 4), `"p4m"` (G = 8) or `"c<K>"` (G = K, the
+            rotations of `RotatedConv2D`).
         mode: `"max"` or `"mean"`.
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
 
@@ -47,7 +48,7 @@ class GroupPooling(keras.layers.Layer):
     def __init__(self, group="p4", mode="max", **kwargs):
         super().__init__(**kwargs)
         self.group = group
-        self.group_order = group_algebra.check_group(group)
+        self.group_order = group_algebra.group_order(group)
         if mode not in MODES:
             raise ValueError(f"Received: mode={mode!r}; expected one of {MODES}")
         self.mode = mode

@@ -95,3 +95,65 @@ def assert_group_equivariant(fn, x, group, input_kind=GROUP, output_kind=GROUP,
             atol=atol, rtol=rtol,
         )
     return deviations
+
+
+def rotation_equivariance_error(fn, x, rotations, steps=1, input_kind=PLANE,
+                                output_kind=GROUP, margin=1):
+    """How far `fn` is from equivariance to a turn by `steps * 360 / rotations` degrees.
+
+    For the approximate rotation layers (`capskeras.layers.RotatedConv2D`),
+    whose equivariance is measured, not exact. Compares `fn(turn(x))` with
+    `turn(fn(x))`: planes turned counter-clockwise about their centre
+    (bilinear, black fill, `capskeras.data.transforms.rotate`) and, on
+    group maps of the cyclic group `"c<rotations>"`, the rotation axis
+    rolled by `steps`. Only the disc of output pixels within
+    `(min(H, W) - 1) / 2 - margin` of the centre counts, which no turn
+    moves out of the plane; inputs should be zero outside their own
+    inscribed disc (as rotated digits are), or what a turn cuts off their
+    corners counts as error.
+
+    Args:
+        fn: a layer, model or function of one batch.
+        x: the batch, `[B, H, W, C]` (or `[B, H, W, C * rotations]` group maps).
+        rotations: int, the K of the angles `360 / K`.
+        steps: the turn in steps of `360 / rotations` degrees.
+        input_kind, output_kind: `"plane"`, `"group"` or `"invariant"`.
+        margin: pixels left out at the rim of the disc.
+
+    Returns:
+        The relative error `|fn(turn(x)) - turn(fn(x))| / |turn(fn(x))|`
+        (Euclidean norms over the disc): 0 for an exactly equivariant `fn`.
+    """
+    from capskeras.data import transforms  # Deferred: TensorFlow Datasets is heavy.
+
+    degrees = 360.0 * steps / rotations
+
+    def turn(batch, kind):
+        batch = np.asarray(batch, dtype="float32")
+        if kind == INVARIANT:
+            return batch
+        if kind not in KINDS:
+            raise ValueError(f"Received: kind={kind!r}; expected one of {KINDS}")
+        batch = keras.ops.convert_to_numpy(transforms.rotate(batch, degrees))
+        if kind == GROUP:
+            shape = batch.shape
+            grouped = batch.reshape(shape[:-1] + (shape[-1] // rotations, rotations))
+            batch = np.roll(grouped, steps, axis=-1).reshape(shape)
+        return batch
+
+    x = keras.ops.convert_to_numpy(x)
+    expected = turn(keras.ops.convert_to_numpy(fn(x)), output_kind)
+    actual = keras.ops.convert_to_numpy(fn(turn(x, input_kind))).astype("float32")
+    if output_kind != INVARIANT:
+        height, width = expected.shape[1:3]
+        radius = (min(height, width) - 1) / 2.0 - margin
+        if radius < 0:
+            raise ValueError(
+                f"Received: margin={margin!r} for {height}x{width} outputs; expected at "
+                f"most {(min(height, width) - 1) / 2.0}, which leaves the centre pixel"
+            )
+        rows, cols = np.meshgrid(np.arange(height) - (height - 1) / 2.0,
+                                 np.arange(width) - (width - 1) / 2.0, indexing="ij")
+        disc = (rows**2 + cols**2 <= radius**2)[None, :, :, None]
+        expected, actual = expected * disc, actual * disc
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
