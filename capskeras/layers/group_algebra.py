@@ -17,9 +17,10 @@ half with indices 0..3.
 
 Cyclic groups. `"c<K>"` names the K rotations by multiples of 360 / K
 degrees, the group of `capskeras.layers.RotatedConv2D`, whose feature maps
-share the layout below with `G = K`. Only `group_order` knows them: for K
-other than 1, 2 and 4 their action on a pixel grid needs interpolation, so
-the exact machinery here (transforms, kernel expansion) takes p4 and p4m.
+share the layout below with `G = K`. Only `group_order` and
+`check_group_channels` know them: for K other than 1, 2 and 4 their action
+on a pixel grid needs interpolation, so the exact machinery here
+(transforms, kernel expansion) takes p4 and p4m only.
 
 Feature maps on the group (layout of every capskeras group layer): a
 channels-last tensor `[B, H, W, C * G]` whose channel `c * G + g` holds

@@ -113,6 +113,7 @@ class RotatedConv2D(GroupConv2D):
                          lifting=lifting, **kwargs)
 
     def _group_order(self, group):
+        """K: the cyclic group `"c<K>"`, acting on the kernel by interpolation."""
         return self.rotations
 
     def _build_expansion(self):
