@@ -20,7 +20,9 @@ def rotation_matrix(kernel_size, degrees):
     `np.rot90` turns it at 90. Pixels outside the disc of radius `n / 2`
     (the square's corners, which a rotation moves out of the square) are
     zero, as sources and as outputs, so the disc-shaped filters the layer
-    learns rotate without losing mass at the corners.
+    learns rotate without losing mass at the corners. Turns a quarter turn
+    apart sample the same points (turned by exactly 90 degrees, and rounded
+    to 1e-9 pixel), so their matrices are exact `np.rot90`s of each other.
     """
     centre = (kernel_size - 1) / 2.0
     cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
@@ -43,18 +45,6 @@ def rotation_matrix(kernel_size, degrees):
     return matrix * in_disc[None, :] * in_disc[:, None]
 
 
-def _turn(kernel_size, degrees):
-    """`rotation_matrix` as an exact quarter-turn permutation after a turn within 45 degrees.
-
-    Copies a quarter turn apart are then exact `np.rot90`s of each other,
-    interpolated alike, so with K divisible by 4 the layer is exactly
-    equivariant to quarter turns, and only finer turns are approximate.
-    """
-    quarter_turns = round(degrees / 90.0)
-    return rotation_matrix(kernel_size, 90.0 * quarter_turns) @ rotation_matrix(
-        kernel_size, degrees - 90.0 * quarter_turns)
-
-
 @keras.saving.register_keras_serializable(package="capskeras")
 class RotatedConv2D(GroupConv2D):
     """A convolution approximately equivariant to rotations by multiples of 360 / K degrees.
@@ -72,9 +62,11 @@ class RotatedConv2D(GroupConv2D):
 
     Rotations by multiples of 90 degrees move pixels onto pixels, so with
     K = 4 (or 1, 2) the layer is exactly the p4 (or its subgroups')
-    convolution on kernels whose corners lie inside the disc (3x3). For
-    other K both the turned filters and any turned input are interpolated,
-    and equivariance is approximate: `capskeras.testing.equivariance.
+    convolution on kernels whose corners lie inside the disc (3x3). For K
+    divisible by 4 the layer stays exactly equivariant to quarter turns
+    (copies a quarter turn apart are exact `np.rot90`s of each other); finer
+    turns interpolate both the filters and any turned input, and their
+    equivariance is approximate: `capskeras.testing.equivariance.
     rotation_equivariance_error` measures it.
 
     Args:
@@ -120,7 +112,7 @@ class RotatedConv2D(GroupConv2D):
         """One matmul turns the banks (`_turns`), one gather lays them out."""
         size, order, in_channels = self.kernel_size[0], self.rotations, self.in_channels
         turns = np.concatenate(
-            [_turn(size, 360.0 * k / order) for k in range(order)]
+            [rotation_matrix(size, 360.0 * k / order) for k in range(order)]
         ).astype("float32")
         in_group = self.in_group_order
         # turned[k, p, c, h, f] sits at flat position
