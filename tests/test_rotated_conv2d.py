@@ -24,7 +24,7 @@ def _disc_images(batch=3, size=25):
     for b in range(batch):
         for cy, cx, sigma in zip(*RNG.uniform((-7, -7, 1.5), (7, 7, 3.0), (6, 3)).T):
             images[b, :, :, 0] += np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * sigma**2))
-    return images * (rows**2 + cols**2 <= (size / 2.0 - 1) ** 2)[None, :, :, None]
+    return images * equivariance.inscribed_disc(size, size, margin=0.5)[..., None]
 
 
 @pytest.mark.parametrize("size", [3, 4, 5, 7])

@@ -16,7 +16,6 @@ class-score-like vector after pooling over the rotations and the plane.
 import argparse
 
 import keras
-import numpy as np
 
 from capskeras.data import load_mnist
 from capskeras.layers import GroupPooling
@@ -24,14 +23,11 @@ from capskeras.layers import RotatedConv2D
 from capskeras.testing import equivariance
 
 
-def digits(count, seed=0):
+def digits(count):
     """`count` MNIST test digits in [0, 1], zero outside the disc inscribed in the image."""
     images, _ = next(iter(load_mnist("test", batch_size=count, num_examples=count)))
     images = keras.ops.convert_to_numpy(images)
-    size = images.shape[1]
-    centre = (size - 1) / 2.0
-    rows, cols = np.meshgrid(np.arange(size) - centre, np.arange(size) - centre, indexing="ij")
-    return images * (rows**2 + cols**2 <= (size / 2.0 - 1) ** 2)[None, :, :, None]
+    return images * equivariance.inscribed_disc(*images.shape[1:3], margin=0.5)[..., None]
 
 
 def two_layers(rotations, kernel_size, filters, seed):

@@ -1,7 +1,8 @@
 """The groups p4 and p4m acting on pixel grids and on feature maps (NumPy).
 
 Not a layer: the bookkeeping the group layers and
-`capskeras.testing.equivariance` share.
+`capskeras.testing.equivariance` share, and `per_group_copy`, the one
+`keras.ops` function the layers share for the layout.
 
 Elements. p4 has the four rotations by multiples of 90 degrees, p4m those
 and their compositions with a mirror. Element `g` is the pair
@@ -32,6 +33,7 @@ that is `np.rot90` of every plane with the group index rolled by one.
 """
 
 import numpy as np
+from keras import ops
 
 GROUP_ORDERS = {"p4": 4, "p4m": 8}
 
@@ -62,6 +64,17 @@ def group_order(group):
         f"Received: group={group!r}; expected 'p4', 'p4m' or 'c<K>' (K rotations "
         "by 360 / K degrees, K >= 1, e.g. 'c16')"
     )
+
+
+def per_group_copy(per_channel, order):
+    """Each of `[C]` values on its channel's `order` group copies: `[C * order]`.
+
+    The layout's channel `c * G + g` gets value `c` (as `np.repeat`, in
+    three cheap ops where `ops.repeat` writes many).
+    """
+    copies = ops.broadcast_to(ops.expand_dims(per_channel, -1),
+                              (per_channel.shape[0], order))
+    return ops.reshape(copies, (-1,))
 
 
 def check_group_channels(input_shape, group):

@@ -132,7 +132,8 @@ class GroupBatchNormalization(keras.layers.Layer):
             # far faster than one reduction over a [..., C, G] view.
             axes = tuple(range(len(flat.shape) - 1))
             mean = self._over_group(ops.mean(flat, axis=axes))
-            deviations = flat - self._per_map(ops.stop_gradient(mean))
+            deviations = flat - group_algebra.per_group_copy(ops.stop_gradient(mean),
+                                                             self.group_order)
             variance = self._over_group(ops.mean(ops.square(deviations), axis=axes))
             self.moving_mean.assign(
                 self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
@@ -149,18 +150,13 @@ class GroupBatchNormalization(keras.layers.Layer):
         offset = -mean * multiplier
         if self.center:
             offset = offset + ops.cast(self.beta, "float32")
-        outputs = flat * self._per_map(multiplier) + self._per_map(offset)
+        outputs = (flat * group_algebra.per_group_copy(multiplier, self.group_order)
+                   + group_algebra.per_group_copy(offset, self.group_order))
         return ops.cast(outputs, self.compute_dtype)
 
     def _over_group(self, per_map):
         """Averages `[C * G]` values over each channel's `G` copies: `[C]`."""
         return ops.mean(ops.reshape(per_map, (self.channels, self.group_order)), axis=-1)
-
-    def _per_map(self, per_channel):
-        """Repeats `[C]` values for each channel's `G` copies: `[C * G]`."""
-        copies = ops.broadcast_to(ops.expand_dims(per_channel, -1),
-                                  (self.channels, self.group_order))
-        return ops.reshape(copies, (-1,))
 
     def compute_output_shape(self, input_shape):
         return input_shape

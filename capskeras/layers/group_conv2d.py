@@ -233,9 +233,7 @@ class GroupConv2D(keras.layers.Layer):
 
     def expanded_bias(self):
         """The bias of the equivalent `Conv2D`: each channel's bias `G` times."""
-        copies = ops.broadcast_to(ops.expand_dims(self.bias, -1),
-                                  (self.filters, self.group_order))
-        return ops.reshape(copies, (-1,))
+        return group_algebra.per_group_copy(self.bias, self.group_order)
 
     def call(self, inputs):
         self._check_geometry(tuple(inputs.shape[1:3]))

@@ -97,6 +97,24 @@ def assert_group_equivariant(fn, x, group, input_kind=GROUP, output_kind=GROUP,
     return deviations
 
 
+def inscribed_disc(height, width, margin=0.0):
+    """Boolean `[height, width]`: the pixels within `(min(height, width) - 1) / 2 - margin`
+    of the grid's centre, which no turn about the centre moves out of the plane.
+
+    Multiply a batch by it (`images * inscribed_disc(28, 28, 0.5)[..., None]`)
+    to zero what a turn would cut off.
+    """
+    radius = (min(height, width) - 1) / 2.0 - margin
+    if radius < 0:
+        raise ValueError(
+            f"Received: margin={margin!r} for a {height}x{width} grid; expected at most "
+            f"{(min(height, width) - 1) / 2.0}, which leaves the centre pixel"
+        )
+    rows, cols = np.meshgrid(np.arange(height) - (height - 1) / 2.0,
+                             np.arange(width) - (width - 1) / 2.0, indexing="ij")
+    return rows**2 + cols**2 <= radius**2
+
+
 def rotation_equivariance_error(fn, x, rotations, steps=1, input_kind=PLANE,
                                 output_kind=GROUP, margin=1):
     """How far `fn` is from equivariance to a turn by `steps * 360 / rotations` degrees.
@@ -107,10 +125,10 @@ def rotation_equivariance_error(fn, x, rotations, steps=1, input_kind=PLANE,
     (bilinear, black fill, `capskeras.data.transforms.rotate`) and, on
     group maps of the cyclic group `"c<rotations>"`, the rotation axis
     rolled by `steps`. Only the disc of output pixels within
-    `(min(H, W) - 1) / 2 - margin` of the centre counts, which no turn
-    moves out of the plane; inputs should be zero outside their own
-    inscribed disc (as rotated digits are), or what a turn cuts off their
-    corners counts as error.
+    `(min(H, W) - 1) / 2 - margin` of the centre counts (`inscribed_disc`),
+    which no turn moves out of the plane; inputs should be zero outside
+    their own inscribed disc (as rotated digits are), or what a turn cuts
+    off their corners counts as error.
 
     Args:
         fn: a layer, model or function of one batch.
@@ -145,15 +163,6 @@ def rotation_equivariance_error(fn, x, rotations, steps=1, input_kind=PLANE,
     expected = turn(keras.ops.convert_to_numpy(fn(x)), output_kind)
     actual = keras.ops.convert_to_numpy(fn(turn(x, input_kind))).astype("float32")
     if output_kind != INVARIANT:
-        height, width = expected.shape[1:3]
-        radius = (min(height, width) - 1) / 2.0 - margin
-        if radius < 0:
-            raise ValueError(
-                f"Received: margin={margin!r} for {height}x{width} outputs; expected at "
-                f"most {(min(height, width) - 1) / 2.0}, which leaves the centre pixel"
-            )
-        rows, cols = np.meshgrid(np.arange(height) - (height - 1) / 2.0,
-                                 np.arange(width) - (width - 1) / 2.0, indexing="ij")
-        disc = (rows**2 + cols**2 <= radius**2)[None, :, :, None]
+        disc = inscribed_disc(*expected.shape[1:3], margin=margin)[None, :, :, None]
         expected, actual = expected * disc, actual * disc
     return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
