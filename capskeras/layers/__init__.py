@@ -6,6 +6,7 @@ from capskeras.layers.capsule_length import CapsuleLength
 from capskeras.layers.capsule_mask import CapsuleMask
 from capskeras.layers.class_matrix_capsules import ClassMatrixCapsules
 from capskeras.layers.conv_matrix_capsules import ConvMatrixCapsules
+from capskeras.layers.fast_conv2d import FastConv2D
 from capskeras.layers.group_batch_normalization import GroupBatchNormalization
 from capskeras.layers.group_conv2d import GroupConv2D
 from capskeras.layers.group_pooling import GroupPooling

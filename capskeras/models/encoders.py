@@ -14,6 +14,7 @@ differ in how the layers are trained; see `capskeras.models.registry`.
 
 import keras
 
+from capskeras.layers.fast_conv2d import FastConv2D
 from capskeras.layers.k_sparse import KSparse
 
 # (filters, kernel_size, strides) of the three layers.
@@ -24,6 +25,9 @@ DEFAULT_KSPARSE_K = (640, 320, 32)
 def conv_encoder(image_shape=(28, 28, 1), ksparse_k=None, ksparse_alpha=1.0,
                  seed=None, name="encoder"):
     """The study's three ReLU convolutions, optionally k-sparse after each.
+
+    The convolutions are `FastConv2D`s: the third, whose 5x5 kernel covers
+    its 5x5 input, runs as a matmul.
 
     Args:
         image_shape: `(H, W, C)` of the input images.
@@ -46,7 +50,7 @@ def conv_encoder(image_shape=(28, 28, 1), ksparse_k=None, ksparse_alpha=1.0,
     for index, (filters, kernel_size, strides) in enumerate(STUDY_GEOMETRY):
         layer_seed = None if seed is None else seed + index
         layers.append(
-            keras.layers.Conv2D(
+            FastConv2D(
                 filters,
                 kernel_size,
                 strides=strides,
