@@ -30,6 +30,7 @@ stride-3 layer on one input channel ran 3x slower), so it is a choice, not
 the rule.
 """
 
+import keras
 import tensorflow as tf
 
 FILTER_GRADIENTS = ("native", "forward_conv")
@@ -127,3 +128,27 @@ def conv2d(inputs, kernel, strides, padding, filter_gradient="native"):
         return outputs, gradient
 
     return convolve(inputs, kernel)
+
+
+def conv2d_transpose(inputs, kernel, strides):
+    """`"valid"` `channels_last` transposed convolution; one matmul from a single position.
+
+    Args:
+        inputs: `[batch, height, width, in_channels]` tensor.
+        kernel: `[kernel_h, kernel_w, out_channels, in_channels]` tensor,
+            the layout of `keras.ops.conv_transpose`.
+        strides: tuple of 2 ints.
+
+    Returns:
+        `[batch, (height - 1) * stride_h + kernel_h, ..., out_channels]`,
+        the same as `keras.ops.conv_transpose(..., padding="valid")`. From a
+        1x1 input that is the kernel weighted by the input's channels, a
+        matmul (the decoder of a whole-input convolution).
+    """
+    inputs, kernel = tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel)
+    kernel_h, kernel_w, out_channels, in_channels = kernel.shape
+    if inputs.shape[1] == 1 and inputs.shape[2] == 1:
+        flat_kernel = tf.reshape(kernel, [kernel_h * kernel_w * out_channels, in_channels])
+        outputs = tf.matmul(tf.reshape(inputs, [-1, in_channels]), flat_kernel, transpose_b=True)
+        return tf.reshape(outputs, [-1, kernel_h, kernel_w, out_channels])
+    return keras.ops.conv_transpose(inputs, kernel, strides=tuple(strides), padding="valid")

@@ -140,3 +140,17 @@ def test_bad_arguments_are_named():
         FastConv2D(2, 3, data_format="channels_first")
     with pytest.raises(ValueError, match="filter_gradient='fast'"):
         PrimaryCapsules(2, 2, 3, filter_gradient="fast")
+
+
+@pytest.mark.parametrize("size, kernel, strides", [(1, 5, 5), (1, 4, 2), (3, 5, 2)])
+def test_transposed_convolution_equals_keras_and_is_a_matmul_from_one_position(size, kernel,
+                                                                               strides):
+    x = RNG.normal(size=(2, size, size, 6)).astype("float32")
+    weights = RNG.normal(size=(kernel, kernel, 3, 6)).astype("float32")
+    expected = keras.ops.conv_transpose(x, weights, strides=strides, padding="valid")
+    np.testing.assert_allclose(
+        convolution.conv2d_transpose(x, weights, (strides, strides)), expected, atol=1e-5)
+    graph = tf.function(lambda y: convolution.conv2d_transpose(
+        y, weights, (strides, strides))).get_concrete_function(
+            tf.TensorSpec((None, size, size, 6))).graph
+    assert ("Conv2DBackpropInput" in {op.type for op in graph.get_operations()}) == (size > 1)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from capskeras import convolution
 from capskeras.checks import check_positive_int
 from capskeras.checks import check_positive_int_pair
 
@@ -317,7 +318,7 @@ class PredCapsLayer(keras.layers.Layer):
             norms = ops.sqrt(ops.sum(ops.square(grouped), axis=(0, 2), keepdims=True) + _EPSILON)
             kernel = ops.reshape(grouped / norms, ops.shape(self.kernel))
         kernel, bias = ops.cast(kernel, dtype), ops.cast(self.bias, dtype)
-        z = ops.conv(ops.cast(inputs, dtype), kernel, strides=self.strides, padding=self.padding)
+        z = convolution.conv2d(ops.cast(inputs, dtype), kernel, self.strides, self.padding)
         return z + bias
 
     def call(self, inputs, feedback=None, training=False, update_frequency=True):
@@ -366,10 +367,8 @@ class PredCapsLayer(keras.layers.Layer):
     def decode(self, outputs):
         """Maps outputs `(batch, H', W', units)` back to the input space `(batch, H, W, channels)`."""
         dtype = self.compute_dtype
-        full = ops.conv_transpose(
-            ops.cast(outputs, dtype), ops.cast(self.decoder_kernel, dtype),
-            strides=self.strides, padding="valid",
-        )
+        full = convolution.conv2d_transpose(
+            ops.cast(outputs, dtype), ops.cast(self.decoder_kernel, dtype), self.strides)
         rows = self._crop(1, self.input_spatial[0], full)
         cols = self._crop(2, self.input_spatial[1], full)
         full = ops.pad(full, ((0, 0), (0, rows[2]), (0, cols[2]), (0, 0)))
