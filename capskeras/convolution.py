@@ -1,35 +1,34 @@
 """2D convolution in the formulations that TensorFlow's CPU kernels run fastest.
 
-Two rewrites, each exact up to float rounding:
+Three rewrites, each exact up to float rounding:
 
 - A convolution whose kernel covers its whole unpadded input (the study
   encoders' 5x5 stride-5 layer on 5x5 maps) is one matmul of the flattened
-  input and kernel; TensorFlow's convolution kernels ran it 4x slower,
-  forward and backward together (14 ms against 59 ms per batch of 128 on a
+  input and kernel. TensorFlow's convolution kernels ran it 4x slower,
+  forward and backward together (59 ms against 14 ms per batch of 128 on a
   2-core AMD EPYC, AVX2, oneDNN on).
-- The filter gradient as a forward convolution, on request. TensorFlow's CPU kernel for a strided convolution's filter gradient
-(`Conv2DBackpropFilter`) runs far below the machine's matmul speed on the
-wide strided convolutions of capsule networks: on a 2-core AMD EPYC (AVX2,
-oneDNN on) CapsNet's primary-capsule convolution (9x9, stride 2, 256 to 256
-channels on 20x20) took 1.0 s per batch of 100 for its filter gradient
-against 0.37 s for its forward pass, at the same FLOPs.
+- Its transposed convolution, from a single position, is one matmul too
+  (`conv2d_transpose`, the decoder of such a layer).
+- The filter gradient as a forward convolution, on request. TensorFlow's
+  CPU kernel for a strided convolution's filter gradient
+  (`Conv2DBackpropFilter`) runs far below the machine's matmul speed on the
+  wide strided convolutions of capsule networks: on the same machine,
+  CapsNet's primary-capsule convolution (9x9, stride 2, 256 to 256 channels
+  on 20x20) took 1.0 s per batch of 100 for its filter gradient against
+  0.37 s for its forward pass, at the same FLOPs. The gradient
 
-The same gradient is a forward convolution with the batch and the channels
-swapped:
+      dW[i, j, c, f] = sum_{b, y, x} X[b, s*y + i, s*x + j, c] dY[b, y, x, f]
 
-    dW[i, j, c, f] = sum_{b, y, x} X[b, s*y + i, s*x + j, c] dY[b, y, x, f]
-
-is the valid convolution of the image `X^T[c, :, :, b]` (batch `c`,
-channels `b`) with the filter `dY^T[y, x, b, f]` dilated by the stride
-`s`, which the same CPU runs at its forward-convolution speed (0.33 s
-there, 3.1x faster). `conv2d(..., filter_gradient="forward_conv")` computes
-the forward pass and the input gradient as before and only the filter
-gradient this way; `"native"` leaves all three to TensorFlow. On smaller
-strided convolutions it gained nothing or lost (the study encoders' 6x6
-stride-3 layer on one input channel ran 3x slower), so it is a choice, not
-the rule.
+  is the valid convolution of the image `X^T[c, :, :, b]` (batch `c`,
+  channels `b`) with the filter `dY^T[y, x, b, f]` dilated by the stride
+  `s`, which the same CPU runs at its forward-convolution speed (0.33 s,
+  3.1x faster; 1.3x with oneDNN off). `conv2d(...,
+  filter_gradient="forward_conv")` computes the forward pass and the input
+  gradient as before and only the filter gradient this way; `"native"`
+  leaves all three to TensorFlow. On smaller strided convolutions it gained
+  nothing or lost (the study encoders' 6x6 stride-3 layer on one input
+  channel ran 3x slower), so it is a layer's choice, not the rule.
 """
-
 import keras
 import tensorflow as tf
 
