@@ -366,3 +366,11 @@ def test_a_subclassed_encoders_model_dir_loads_with_its_build_shape(tmp_path):
     code_model = equivariance.load_code_model(tmp_path / "recon")
     assert code_model.image_shape == (28, 28, 1) and code_model.decode is not None
     assert np.asarray(code_model.encode(np.zeros((2, 28, 28, 1), "float32"))).shape == (2, 256)
+    # The rotated-feature chart reads its first layer's filter responses, the drive.
+    first = code_model.first_layer
+    assert first.name == "pred_caps_1"
+    images = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype("float32")
+    maps = equivariance.response_maps(first, images)
+    assert maps.shape == (3, 10, 10, 64)
+    np.testing.assert_allclose(maps, first.drive(images), rtol=1e-5, atol=1e-6)
+    assert np.count_nonzero(maps) > np.count_nonzero(first(images))  # before the selection

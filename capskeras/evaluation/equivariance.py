@@ -74,8 +74,8 @@ class CodeModel:
         encode: images `[N, H, W, C]` -> codes `[N, D]` (NumPy).
         decode: codes `[N, D]` -> images `[N, H, W]`, or None without a
             reconstruction head.
-        first_layer: the first convolution (`keras.layers.Conv2D`) applied
-            to the images, or None.
+        first_layer: the first convolution applied to the images (a
+            `keras.layers.Conv2D` or a `PredCapsLayer`), or None.
         capsules: `(num_capsules, capsule_dim)` for capsule codes, else None.
     """
 
@@ -101,8 +101,11 @@ def _head_decoder(head):
 
 
 def _first_conv(model):
+    """The first `Conv2D` or `PredCapsLayer` of `model`: its learned filters meet the image."""
+    from capskeras.layers.pred_caps import PredCapsLayer
+
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, (keras.layers.Conv2D, PredCapsLayer)):
             return layer
     return None
 
@@ -383,9 +386,17 @@ def equivariance_table(code_model, images, transforms_=None, **kwargs):
 
 
 def response_maps(layer, images):
-    """A layer's output maps `[N, h, w, U]` for images `[N, H, W, C]`."""
+    """A layer's output maps `[N, h, w, U]` for images `[N, H, W, C]`.
+
+    For a `PredCapsLayer`, its drive `conv(x, W) + b`: the responses of its
+    filters before the selection of capsules, as a `Conv2D`'s output is
+    theirs (its selected output is zero at most units).
+    """
+    from capskeras.layers.pred_caps import PredCapsLayer
+
+    respond = layer.drive if isinstance(layer, PredCapsLayer) else layer
     images = np.asarray(images, "float32")
-    return np.concatenate([keras.ops.convert_to_numpy(layer(images[i:i + _BATCH]))
+    return np.concatenate([keras.ops.convert_to_numpy(respond(images[i:i + _BATCH]))
                            for i in range(0, len(images), _BATCH)]).astype("float32")
 
 
