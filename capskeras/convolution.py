@@ -29,6 +29,7 @@ Three rewrites, each exact up to float rounding:
   nothing or lost (the study encoders' 6x6 stride-3 layer on one input
   channel ran 3x slower), so it is a layer's choice, not the rule.
 """
+
 import keras
 import tensorflow as tf
 
