@@ -45,7 +45,7 @@ def check_filter_gradient(filter_gradient):
         )
 
 
-def _same_padding(size, kernel, stride):
+def same_padding(size, kernel, stride):
     """TensorFlow's `"same"` padding `(before, after)` along one axis."""
     output = -(-size // stride)
     total = max((output - 1) * stride + kernel - size, 0)
@@ -56,8 +56,8 @@ def _filter_gradient_by_forward_conv(inputs, output_gradient, kernel_size, strid
     """The filter gradient of `conv2d` as one valid forward convolution (see module doc)."""
     (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, strides
     if padding == "same":
-        pad_h = _same_padding(inputs.shape[1], kernel_h, stride_h)
-        pad_w = _same_padding(inputs.shape[2], kernel_w, stride_w)
+        pad_h = same_padding(inputs.shape[1], kernel_h, stride_h)
+        pad_w = same_padding(inputs.shape[2], kernel_w, stride_w)
         inputs = tf.pad(inputs, [[0, 0], pad_h, pad_w, [0, 0]])
     out_h, out_w = output_gradient.shape[1], output_gradient.shape[2]
     # Rows and columns no output reads (a valid stride that does not divide the input).

@@ -394,10 +394,7 @@ class PredCapsLayer(keras.layers.Layer):
         """(start, stop, pad_after) recovering the input rows of a "valid" transpose."""
         kernel, stride = self.kernel_size[axis - 1], self.strides[axis - 1]
         out = self._output_size(size, kernel, stride)
-        if self.padding == "same":
-            start = max((out - 1) * stride + kernel - size, 0) // 2
-        else:
-            start = 0
+        start = convolution.same_padding(size, kernel, stride)[0] if self.padding == "same" else 0
         length = (out - 1) * stride + kernel
         return start, start + size, max(start + size - length, 0)
 
