@@ -49,6 +49,23 @@ def test_exactly_k_capsules_per_position_with_unit_total_norms(mnist):
             np.testing.assert_allclose(norms.sum(-1), 1.0, rtol=1e-5)
 
 
+def test_more_winners_at_inference_when_asked(mnist):
+    encoder = predcaps_encoder(seed=0, k=K, inference_k=(3, 4, 16))
+    for training, ks in ((True, K), (False, (3, 4, 16))):
+        _, outputs = encoder.passes(mnist[0][:4], training=training)
+        for layer, k, y in zip(encoder.pred_caps_layers, ks, outputs):
+            norms = _capsule_norms(y, layer.capsule_dim)
+            np.testing.assert_array_equal((norms > 0).sum(-1), k)
+            np.testing.assert_allclose(norms.sum(-1), 1.0, rtol=1e-5)
+    assert PredCapsEncoder.from_config(encoder.get_config()).inference_k == (3, 4, 16)
+    units = predcaps_encoder(seed=0, k=K, inference_k=(3, 4, 16), selection="unit")
+    assert [layer.inference_k for layer in units.pred_caps_layers] == [3 * 4, 4 * 16, 16 * 16]
+    with pytest.raises(ValueError, match=r"inference_k=\[2, 2\]"):
+        PredCapsEncoder(inference_k=(2, 2))
+    with pytest.raises(ValueError, match="inference_k=17"):
+        PredCapsEncoder(inference_k=(2, 2, 17))
+
+
 def test_unit_selection_keeps_as_many_units_as_capsule_selection():
     encoder = predcaps_encoder(seed=0, k=K, selection="unit")
     assert [layer.k for layer in encoder.pred_caps_layers] == [2 * 4, 2 * 16, 4 * 16]

@@ -72,6 +72,24 @@ def test_heads_on_the_frozen_code_keep_the_runs_encoder_and_match_the_whole_mode
             assert saved["encoder_source"]["checkpoint_epoch"] == 1
 
 
+def test_predcaps_heads_can_read_a_denser_code_than_the_run_trained_with(tmp_path):
+    tool = _tool()
+    run_dir = _train_run(tmp_path, "--encoder=predcaps", "--head=class", "--epochs=1",
+                         "--pretrain_epochs=1", "--predcaps_k=1,1,1")
+    tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
+             names=["dense"], train_examples=128, eval_examples=64,
+             predcaps_inference_k=["1", "1", "16"])
+    model = keras.saving.load_model(tmp_path / "heads" / "dense" / "model.keras")
+    assert [layer.inference_k for layer in model.encoder.pred_caps_layers] == [1, 1, 16]
+    code = keras.ops.convert_to_numpy(model.encode(np.random.default_rng(0).uniform(
+        size=(4, 28, 28, 1)).astype("float32")))
+    norms = np.linalg.norm(code.reshape(4, 16, 16), axis=-1)
+    assert ((norms > 0).sum(-1) == 16).all()
+    with pytest.raises(ValueError, match="predcaps_inference_k"):
+        tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
+                 predcaps_inference_k=["1", "1"])
+
+
 def test_an_untrained_encoder_needs_only_its_flagfile_and_the_head_learns(tmp_path):
     tool = _tool()
     results = tool.run(str(REPO / "flags" / "enc_untrained_dec_recon.cfg"), ["recon"], epochs=3,

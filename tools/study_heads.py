@@ -69,22 +69,29 @@ def define_flags():
     flags.DEFINE_string("export_dir", "", "If set, also export each model's SavedModel "
                         "under <export_dir>/<name>.")
     flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for the run's.")
+    flags.DEFINE_list("predcaps_inference_k", [], "PredCaps runs: winning capsules per "
+                      "position in each layer at inference, instead of the run's.")
     flags.mark_flag_as_required("run_dir")
 
 
-def load_run_config(path):
-    """The `TrainConfig` of the run in model directory `path`, or of flagfile `path`."""
+def load_run_config(path, overrides=None):
+    """The `TrainConfig` of the run in model directory `path`, or of flagfile `path`.
+
+    `overrides` maps setting names to values that replace the run's.
+    """
     if os.path.isfile(path):
-        return config_from_flagfile(path).validate()
-    file = os.path.join(path, "config.json")
-    if not os.path.exists(file):
-        raise ValueError(f"Received: run_dir={path!r}; expected a capskeras-train model "
-                         "directory holding config.json, or a flagfile")
-    with open(file) as f:
-        values = json.load(f)
+        values = config_from_flagfile(path).to_flat()
+    else:
+        file = os.path.join(path, "config.json")
+        if not os.path.exists(file):
+            raise ValueError(f"Received: run_dir={path!r}; expected a capskeras-train model "
+                             "directory holding config.json, or a flagfile")
+        with open(file) as f:
+            values = json.load(f)
+        values["model_dir"] = path
+    values.update(overrides or {})
     values = {name: tuple(value) if isinstance(value, list) else value
               for name, value in values.items()}
-    values["model_dir"] = path
     return TrainConfig.from_flat(**values).validate()
 
 
@@ -202,7 +209,7 @@ def default_name(experiment, head):
 
 
 def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_examples=0,
-        export_dir="", data_dir=""):
+        export_dir="", data_dir="", predcaps_inference_k=()):
     """Trains `heads` on the frozen code of the run in `run_dir`; returns their metrics."""
     if names and len(names) != len(heads):
         raise ValueError(f"Received: names={list(names)} for heads={list(heads)}; expected one "
@@ -210,7 +217,10 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
     for head in heads:
         if head not in registry.HEADS:
             raise ValueError(f"Received: head={head!r}; expected one of {sorted(registry.HEADS)}")
-    config = load_run_config(run_dir)
+    overrides = {}
+    if predcaps_inference_k:
+        overrides["predcaps_inference_k"] = tuple(int(k) for k in predcaps_inference_k)
+    config = load_run_config(run_dir, overrides)
     if getattr(config.settings, "translate_pixels", 0):
         raise ValueError(f"Received: a run with translate_pixels="
                          f"{config.settings.translate_pixels}; expected 0: augmented images "
@@ -263,7 +273,8 @@ def main(argv):
         raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
     run(FLAGS.run_dir, FLAGS.heads, FLAGS.epochs, FLAGS.output_dir, names=FLAGS.names,
         train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
-        export_dir=FLAGS.export_dir, data_dir=FLAGS.data_dir)
+        export_dir=FLAGS.export_dir, data_dir=FLAGS.data_dir,
+        predcaps_inference_k=FLAGS.predcaps_inference_k)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ class PredCapsEncoder(keras.Model):
             one per layer, bottom first.
         k: ints, winners per position of each layer (capsules; units with
             `selection="unit"`).
+        inference_k: None (the default: `k`) or ints, one per layer,
+            winners per position at inference. More winners than in
+            training give the frozen encoder's heads a denser code, as
+            Makhzani and Frey's `alpha * k`.
         feedback_iterations: int >= 0, down-and-up rounds after the first
             upward pass.
         normalization: `"unit_total"` or `"layer_norm"` (every layer).
@@ -88,6 +92,7 @@ class PredCapsEncoder(keras.Model):
         normalization="unit_total",
         selection="capsule",
         feedback_weight=1.0,
+        inference_k=None,
         boost_strength=3.0,
         frequency_decay=0.99,
         normalize_kernel=True,
@@ -103,6 +108,12 @@ class PredCapsEncoder(keras.Model):
             raise ValueError(
                 f"Received: k={list(self.k)}; expected {len(self.geometry)} ints, "
                 "one per layer"
+            )
+        self.inference_k = None if inference_k is None else tuple(inference_k)
+        if self.inference_k is not None and len(self.inference_k) != len(self.geometry):
+            raise ValueError(
+                f"Received: inference_k={list(self.inference_k)}; expected None or "
+                f"{len(self.geometry)} ints, one per layer"
             )
         if isinstance(feedback_iterations, bool) or not isinstance(feedback_iterations, int) \
                 or feedback_iterations < 0:
@@ -138,6 +149,7 @@ class PredCapsEncoder(keras.Model):
             self.pred_caps_layers.append(
                 PredCapsLayer(
                     capsules, dim, kernel, stride, k=layer_k,
+                    inference_k=None if self.inference_k is None else self.inference_k[index],
                     feedback_weight=feedback_weight, normalization=normalization,
                     selection=selection, boost_strength=boost_strength,
                     frequency_decay=frequency_decay, normalize_kernel=normalize_kernel,
@@ -216,6 +228,7 @@ class PredCapsEncoder(keras.Model):
             {
                 "geometry": self.geometry,
                 "k": self.k,
+                "inference_k": self.inference_k,
                 "feedback_iterations": self.feedback_iterations,
                 "normalization": self.normalization,
                 "selection": self.selection,
@@ -347,7 +360,7 @@ class PredCapsPretrainer(keras.Model):
 
 def predcaps_encoder(image_shape=(28, 28, 1), seed=None, k=DEFAULT_PREDCAPS_K,
                      feedback_iterations=DEFAULT_FEEDBACK_ITERATIONS,
-                     normalization="unit_total", selection="capsule",
+                     normalization="unit_total", selection="capsule", inference_k=None,
                      name="predcaps_encoder"):
     """The study's PredCaps encoder, built: images -> `[B, 256]` code.
 
@@ -360,6 +373,8 @@ def predcaps_encoder(image_shape=(28, 28, 1), seed=None, k=DEFAULT_PREDCAPS_K,
         feedback_iterations: int >= 0, down-and-up rounds.
         normalization: `"unit_total"` (the study) or `"layer_norm"` (ablation).
         selection: `"capsule"` (the study) or `"unit"` (ablation).
+        inference_k: None (the default: `k`) or three ints, winners per
+            position at inference, counted as `k` is.
         name: the model's name.
 
     Returns:
@@ -367,11 +382,16 @@ def predcaps_encoder(image_shape=(28, 28, 1), seed=None, k=DEFAULT_PREDCAPS_K,
         `pretrain_predcaps`) before freezing it under a head.
     """
     k = tuple(int(value) for value in k)
+    if inference_k is not None:
+        inference_k = tuple(int(value) for value in inference_k)
     if selection == "unit":
-        k = tuple(value * dim for value, (_, dim, _, _) in zip(k, PREDCAPS_GEOMETRY))
+        dims = [dim for _, dim, _, _ in PREDCAPS_GEOMETRY]
+        k = tuple(value * dim for value, dim in zip(k, dims))
+        if inference_k is not None:
+            inference_k = tuple(value * dim for value, dim in zip(inference_k, dims))
     encoder = PredCapsEncoder(
         PREDCAPS_GEOMETRY, k, feedback_iterations, normalization, selection,
-        seed=seed, name=name,
+        inference_k=inference_k, seed=seed, name=name,
     )
     encoder.build((None,) + tuple(image_shape))
     return encoder

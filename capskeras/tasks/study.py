@@ -62,6 +62,12 @@ class StudyTask(MnistTask):
             predcaps.DEFAULT_PREDCAPS_K, "PredCaps: winning capsules per position in each layer.",
             check=(_three_positive_ints, "three ints >= 1"), resume=MODEL,
         )
+        predcaps_inference_k: tuple = setting(
+            (), "PredCaps: winning capsules per position in each layer at inference; "
+            "empty for predcaps_k.",
+            check=(lambda value: value == () or _three_positive_ints(value),
+                   "empty or three ints >= 1"),
+        )
         feedback_iterations: int = setting(
             predcaps.DEFAULT_FEEDBACK_ITERATIONS,
             "PredCaps: down-and-up rounds after the first upward pass.", check=at_least(0),
