@@ -85,6 +85,8 @@ def test_predcaps_heads_can_read_a_denser_code_than_the_run_trained_with(tmp_pat
         size=(4, 28, 28, 1)).astype("float32")))
     norms = np.linalg.norm(code.reshape(4, 16, 16), axis=-1)
     assert ((norms > 0).sum(-1) == 16).all()
+    saved = json.loads((tmp_path / "heads" / "dense" / "metrics.json").read_text())
+    assert saved["settings_overridden"] == {"predcaps_inference_k": [1, 1, 16]}
     with pytest.raises(ValueError, match="predcaps_inference_k"):
         tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
                  predcaps_inference_k=["1", "1"])

@@ -31,6 +31,10 @@ metric after every epoch and the whole model's test metrics, evaluated
 from the images (as `tools/results_table.py --runs_dir=<output_dir>` reads
 them); `<name>` is `--names`, or `enc_<encoder>_dec_<head>` for a study
 run `enc_<encoder>_dec_...`, or `<experiment>_<head>`.
+
+`--predcaps_inference_k=8,8,16` reads a PredCaps run's code with more
+winners per position at inference than it trained with, from the same
+weights; `metrics.json` records it under `settings_overridden`.
 """
 
 import json
@@ -256,6 +260,8 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
         }
         if "stage" in source:
             metrics[source["stage"]] = {"epochs": source["checkpoint_epoch"]}
+        if overrides:
+            metrics["settings_overridden"] = overrides
         if export_dir:
             metrics["export"] = export.export_saved_model(
                 model, os.path.join(export_dir, name), config.task().image_shape())
