@@ -90,6 +90,9 @@ def test_predcaps_heads_can_read_a_denser_code_than_the_run_trained_with(tmp_pat
     with pytest.raises(ValueError, match="predcaps_inference_k"):
         tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
                  predcaps_inference_k=["1", "1"])
+    with pytest.raises(ValueError, match="predcaps_inference_k=a,1,16; expected comma-separated"):
+        tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
+                 predcaps_inference_k=["a", "1", "16"])
 
 
 def test_an_untrained_encoder_needs_only_its_flagfile_and_the_head_learns(tmp_path):

@@ -56,6 +56,7 @@ from capskeras.tasks.base import InputOptions
 from capskeras.training import run_dir as run_dirs
 from capskeras.training.config import TrainConfig
 from capskeras.training.flags import config_from_flagfile
+from capskeras.training.flags import parse_ints
 from capskeras.training.loop import _weights_by_position
 
 FLAGS = flags.FLAGS
@@ -223,7 +224,8 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
             raise ValueError(f"Received: head={head!r}; expected one of {sorted(registry.HEADS)}")
     overrides = {}
     if predcaps_inference_k:
-        overrides["predcaps_inference_k"] = tuple(int(k) for k in predcaps_inference_k)
+        overrides["predcaps_inference_k"] = parse_ints(
+            "predcaps_inference_k", [str(k) for k in predcaps_inference_k])
     config = load_run_config(run_dir, overrides)
     if getattr(config.settings, "translate_pixels", 0):
         raise ValueError(f"Received: a run with translate_pixels="

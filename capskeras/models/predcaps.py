@@ -385,16 +385,20 @@ def predcaps_encoder(image_shape=(28, 28, 1), seed=None, k=DEFAULT_PREDCAPS_K,
     if inference_k is not None:
         inference_k = tuple(int(value) for value in inference_k)
     if selection == "unit":
-        dims = [dim for _, dim, _, _ in PREDCAPS_GEOMETRY]
-        k = tuple(value * dim for value, dim in zip(k, dims))
+        k = _capsules_as_units(k)
         if inference_k is not None:
-            inference_k = tuple(value * dim for value, dim in zip(inference_k, dims))
+            inference_k = _capsules_as_units(inference_k)
     encoder = PredCapsEncoder(
         PREDCAPS_GEOMETRY, k, feedback_iterations, normalization, selection,
         inference_k=inference_k, seed=seed, name=name,
     )
     encoder.build((None,) + tuple(image_shape))
     return encoder
+
+
+def _capsules_as_units(counts):
+    """Capsule counts per layer as the same numbers of single units."""
+    return tuple(count * dim for count, (_, dim, _, _) in zip(counts, PREDCAPS_GEOMETRY))
 
 
 def pretrain_predcaps(encoder, images, epochs=1, learning_rate=1e-3, steps_per_epoch=None,

@@ -98,13 +98,16 @@ def config_from_flags(flag_values):
 
 
 def _parsed(field, value):
-    if field.type is not tuple:
-        return value
+    return parse_ints(field.name, value) if field.type is tuple else value
+
+
+def parse_ints(name, items):
+    """The strings of list flag `name` as a tuple of ints; a clear error otherwise."""
     try:
-        return tuple(int(item) for item in value)
+        return tuple(int(item) for item in items)
     except ValueError:
         raise ValueError(
-            f"Received: {field.name}={','.join(value)}; expected comma-separated ints"
+            f"Received: {name}={','.join(items)}; expected comma-separated ints"
         ) from None
 
 
