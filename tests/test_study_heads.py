@@ -74,7 +74,7 @@ def test_heads_on_the_frozen_code_keep_the_runs_encoder_and_match_the_whole_mode
 
 def test_predcaps_heads_can_read_a_denser_code_than_the_run_trained_with(tmp_path):
     tool = _tool()
-    run_dir = _train_run(tmp_path, "--encoder=predcaps", "--head=class", "--epochs=1",
+    run_dir = _train_run(tmp_path, "--encoder=predcaps", "--head=class", "--pretrain_only",
                          "--pretrain_epochs=1", "--predcaps_k=1,1,1")
     tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
              names=["dense"], train_examples=128, eval_examples=64,

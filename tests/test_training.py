@@ -254,6 +254,25 @@ def test_raising_pretraining_epochs_after_it_finished_is_refused(tmp_path):
                           allow_setting_changes=True, epochs=2))
 
 
+def test_pretrain_only_stops_after_pretraining_and_a_later_run_goes_on_from_it(tmp_path):
+    run = tmp_path / "run"
+    results = train(tiny_config(tmp_path, encoder="ksparse", head="class", pretrain_epochs=1,
+                                pretrain_only=True))
+    assert json.loads((run / "metrics.json").read_text())["pretrain"]["epochs"] == 1
+    assert "test" not in results
+    assert not (run / "model.keras").exists() and not (run / "checkpoints").exists()
+    assert not (tmp_path / "export").exists()
+
+    finished = train(tiny_config(tmp_path, encoder="ksparse", head="class", pretrain_epochs=1))
+    assert finished["pretrain"]["resumed_from_epoch"] == 1
+    assert 0.0 <= finished["test"]["accuracy"] <= 1.0
+
+    with pytest.raises(ConfigurationError,
+                       match="pretrain_only=True for model='study', encoder='deep_bp'"):
+        train(tiny_config(tmp_path / "other", encoder="deep_bp", pretrain_only=True))
+    assert not (tmp_path / "other").exists()
+
+
 def _run_cli(arguments, log, **kwargs):
     """Starts capskeras-train, its output in file `log` (a pipe could fill and block it)."""
     output = open(log, "w")

@@ -18,7 +18,8 @@ The encoder comes from `--run_dir`, a `capskeras-train` model directory
 `--model_dir` is read for checkpoints):
 
 - a `study` run whose frozen encoder has a pretraining stage (PredCaps,
-  k-sparse): the stage's latest checkpoint, finished or not;
+  k-sparse): the stage's latest checkpoint, finished or not
+  (`capskeras-train --pretrain_only` trains that stage alone);
 - a `study` run whose frozen encoder has none (untrained): rebuilt from
   the run's seed, as the trainer builds it;
 - a `sparsecaps` run: the latest checkpoint of its training, and its

@@ -87,6 +87,11 @@ class TrainConfig(Settings):
         "bit-reproducible runs.",
         resume=FREE,
     )
+    pretrain_only: bool = setting(
+        False, "Stop after the pretraining stages: their checkpoints and metrics.json, no model, "
+        "model.keras or export (for tools/study_heads.py, or a later run that trains the model).",
+        resume=FREE,
+    )
     plot_reconstructions: bool = setting(
         True, "Reconstruction models: save test digits beside their reconstructions as a PNG.",
         resume=FREE,

@@ -9,8 +9,9 @@ writes to `--model_dir`: `config.json` and `flags.cfg` (the run's
 settings), `checkpoints/` (resumed from automatically), `logs/`
 (TensorBoard), `metrics.json`, `model.keras` and, for reconstruction
 models, `reconstructions.png`; with `--export_dir` it also exports a
-SavedModel. Every check of the request runs before anything is written
-(`preflight`, and the replicas' share of the batch once the strategy exists).
+SavedModel. `--pretrain_only` stops after the pretraining stages. Every
+check of the request runs before anything is written (`preflight`, and the
+replicas' share of the batch once the strategy exists).
 """
 
 import json
@@ -82,6 +83,12 @@ def preflight(config):
         run_dir.check_checkpoint_format(config.model_dir)
         changes = run_dir.changed_settings(config)
         run_dir.check_stages(config, task.pretraining())
+        if config.pretrain_only and not task.pretraining():
+            encoder = getattr(config.settings, "encoder", None)
+            chosen = f"model={config.model!r}" + (f", encoder={encoder!r}" if encoder else "")
+            raise ValueError(
+                f"Received: pretrain_only=True for {chosen}, which has no pretraining stage; "
+                "expected a model that pretrains (the study's ksparse or predcaps encoder)")
         task.check_data(_input_options(config, "train"))
         if config.cpu_devices:
             strategies.split_host_cpu(config.cpu_devices)
@@ -125,6 +132,11 @@ class _Run:
             model, results[stage.name] = self._train(
                 stage.build_model, stage.epochs, stage.name, stage.callbacks())
             pretrained[stage.name] = stage.result(model)
+        if config.pretrain_only:
+            if self.chief:
+                write_text_atomically(os.path.join(config.model_dir, "metrics.json"),
+                                      json.dumps(results, indent=2))
+            return results
         model, trained = self._train(lambda: self.task.build_model(pretrained), config.epochs)
         results.update(trained)
         results["params"] = model.count_params()
@@ -308,7 +320,12 @@ def main(argv):
         _fail(error, 2)
     except loop.NonFiniteLossError as error:
         _fail(error, 3)
-    summary = {key: results.get(key) for key in ("experiment", "epochs", "test")}
+    if config.pretrain_only:
+        stages = [stage.name for stage in config.task().pretraining()]
+        summary = {"experiment": results["experiment"]} | {
+            name: {key: results[name].get(key) for key in ("epochs", "test")} for name in stages}
+    else:
+        summary = {key: results.get(key) for key in ("experiment", "epochs", "test")}
     summary["model_dir"] = config.model_dir
     summary["export"] = results.get("export")
     print(json.dumps(summary, indent=2, default=float))
