@@ -203,7 +203,7 @@ def test_rotated_families_need_a_non_zero_angle():
 # --- the models the study trains -----------------------------------------------------
 
 
-def test_study_and_capsnet_models_as_code_models(tmp_path):
+def test_study_capsnet_and_sparsecaps_models_as_code_models(tmp_path):
     study = build_study_model("untrained", "recon", seed=0)
     study.save(tmp_path / "model.keras")
     loaded = equivariance.load_code_model(tmp_path, name="untrained recon")
@@ -220,6 +220,18 @@ def test_study_and_capsnet_models_as_code_models(tmp_path):
     assert out["images"].shape == (3, 16, 3, 28, 28)
     winners = out["elements"][:, 0] // 16
     np.testing.assert_array_equal(out["elements"], winners[:, None] * 16 + np.arange(16))
+
+    sparsecaps_model = build_model("sparsecaps")
+    sparsecaps = equivariance.code_model_from_keras(sparsecaps_model, "sparsecaps")
+    out = equivariance.perturbation_sweeps(sparsecaps, images, scales=(-1.0, 0.0, 1.0))
+    assert out["images"].shape == (3, 16, 3, 28, 28)
+    # Unperturbed, the code decodes to the model's own reconstruction.
+    np.testing.assert_allclose(out["images"][:, 0, 1], np.asarray(sparsecaps_model(images))[..., 0],
+                               rtol=1e-4, atol=1e-5)
+    # The code is the rank mask's output: capsules ranked 6th or lower are zero.
+    norms = np.linalg.norm(out["codes"].reshape(3, 16, 16), axis=-1)
+    assert ((norms > 0).sum(-1) <= 6).all()
+    assert sparsecaps.first_layer is sparsecaps_model.conv
 
     classifier = equivariance.code_model_from_keras(
         build_study_model("untrained", "class", seed=0), "class")

@@ -5,11 +5,12 @@ draws them and measures them:
 
 - Perturbation sweeps (`perturbation_sweeps`): for an encoder with a
   reconstruction head, add an offset to one element of the deepest code at
-  a time (to each dimension of the winning capsule, for CapsNet), across
-  `SCALES`, and decode. Offsets are in units of the element's standard
-  deviation over the test digits, so codes of different magnitudes are
-  perturbed comparably; rows are the `rows` most active elements of each
-  digit's code.
+  a time (to each dimension of the winning capsule, for CapsNet and
+  SparseCaps), across `SCALES`, and decode. Offsets are in units of the
+  element's standard deviation over the test digits, so codes of different
+  magnitudes are perturbed comparably; rows are the `rows` most active
+  elements of each digit's code. SparseCaps' code here is its decoder's
+  input, the rank-masked latent capsules.
 - Plausibility (`sweep_metrics`): a judge network
   (`capskeras.evaluation.judge`) scores every decoding: the fraction it
   judges a confident digit and its mean entropy, per scale.
@@ -111,8 +112,10 @@ def _first_conv(model):
 
 
 def code_model_from_keras(model, name, path=""):
-    """A `CodeModel` for a capskeras Keras model (study model, CapsNet, or any served model)."""
+    """A `CodeModel` for a capskeras Keras model (study model, CapsNet, SparseCaps, or any
+    served model)."""
     from capskeras.models.capsnet import CapsNet
+    from capskeras.models.sparsecaps import SparseCaps
     from capskeras.models.study import StudyModel
 
     if isinstance(model, StudyModel):
@@ -143,6 +146,17 @@ def code_model_from_keras(model, name, path=""):
 
         return CodeModel(name, path, image_shape, encode, decode,
                          first_layer=_first_conv(model.encoder), capsules=(count, dim))
+    if isinstance(model, SparseCaps):
+        # The code is the decoder's input, the rank-masked latent capsules: the
+        # unmasked code cannot be decoded without the image's routing ranks.
+        count, dim = model.latent_capsules, model.latent_dim
+        return CodeModel(
+            name, path, tuple(model.image_shape),
+            encode=lambda images: _batched(model.decoder_input, images),
+            decode=lambda codes: _batched(
+                lambda c: model.decoder(c, training=False), codes)[..., 0],
+            first_layer=model.conv, capsules=(count, dim),
+        )
     if hasattr(model, "serving_outputs"):
         image_shape = tuple(getattr(model, "image_shape", None) or model.input_shape[1:])
         # The served `encoding`; decoding a changed code needs a known decoder, so none.
@@ -155,7 +169,7 @@ def code_model_from_keras(model, name, path=""):
         )
     raise ValueError(
         f"Received: model {name!r} of type {type(model).__name__}; expected a capskeras model "
-        "(a StudyModel, a CapsNet or one with serving_outputs)"
+        "(a StudyModel, a CapsNet, a SparseCaps or one with serving_outputs)"
     )
 
 

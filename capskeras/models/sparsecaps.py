@@ -89,6 +89,11 @@ class SparseCaps(keras.Model):
         capsules, _ = self._latent(images, training=training)
         return self._flatten(capsules)
 
+    def decoder_input(self, images):
+        """What the decoder reads: the rank-masked latent capsules, flattened (inference)."""
+        capsules, couplings = self._latent(images, training=False)
+        return self._flatten(self.rank_mask(capsules, couplings, training=False))
+
     def _flatten(self, capsules):
         return ops.reshape(capsules, (-1, self.latent_capsules * self.latent_dim))
 
