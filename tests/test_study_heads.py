@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import pickle
 import sys
 
 import keras
@@ -123,7 +124,7 @@ def test_a_class_head_on_the_frozen_sparsecaps_code(tmp_path):
     run_dir = _train_run(tmp_path, "--model=sparsecaps", "--epochs=1")
     trained = keras.saving.load_model(run_dir / "model.keras")
     results = tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
-                       train_examples=128, eval_examples=64)
+                       train_examples=128, eval_examples=64, svm=True)
     metrics = results["sparsecaps_class"]
     model = keras.saving.load_model(tmp_path / "heads" / "sparsecaps_class" / "model.keras")
     images = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
@@ -136,3 +137,15 @@ def test_a_class_head_on_the_frozen_sparsecaps_code(tmp_path):
     assert metrics["encoder_source"]["checkpoint_epoch"] == 1
     np.testing.assert_allclose(metrics["test_per_epoch"]["accuracy"][-1],
                                metrics["test"]["accuracy"], rtol=1e-4)
+
+    # The SVM read-out was fitted on the same frozen code: its pickled classifier
+    # scores the trained model's test codes as metrics.json says.
+    svm = results["sparsecaps_svm"]
+    assert (svm["c"], svm["gamma"], svm["test_examples"]) == (100.0, 0.1, 64)
+    with open(tmp_path / "heads" / "sparsecaps_svm" / "svm.pkl", "rb") as f:
+        classifier = pickle.load(f)
+    test_x, test_y = tool.split_arrays(tool.load_run_config(str(run_dir)), "test", 64, "")
+    codes = keras.ops.convert_to_numpy(trained.serving_outputs(test_x)["encoding"])
+    assert classifier.score(codes, test_y) == pytest.approx(svm["test"]["accuracy"])
+    saved = json.loads((tmp_path / "heads" / "sparsecaps_svm" / "metrics.json").read_text())
+    assert saved["test"] == svm["test"] and saved["read_out"] == "rbf_svm"

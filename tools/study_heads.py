@@ -33,6 +33,10 @@ from the images (as `tools/results_table.py --runs_dir=<output_dir>` reads
 them); `<name>` is `--names`, or `enc_<encoder>_dec_<head>` for a study
 run `enc_<encoder>_dec_...`, or `<experiment>_<head>`.
 
+`--svm` also fits Sparse Unsupervised Capsules' read-out, an RBF SVM
+(C=100, gamma=0.1), on the same codes: `<output_dir>/<experiment>_svm/`
+holds its `metrics.json` and the pickled classifier `svm.pkl`.
+
 `--predcaps_inference_k=8,8,16` reads a PredCaps run's code with more
 winners per position at inference than it trained with, from the same
 weights; `metrics.json` records it under `settings_overridden`.
@@ -40,6 +44,7 @@ weights; `metrics.json` records it under `settings_overridden`.
 
 import json
 import os
+import pickle
 import re
 import time
 
@@ -50,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from capskeras import export
+from capskeras.evaluation import code_svm
 from capskeras.files import write_text_atomically
 from capskeras.models import registry
 from capskeras.models.study import StudyModel
@@ -77,6 +83,10 @@ def define_flags():
     flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for the run's.")
     flags.DEFINE_list("predcaps_inference_k", [], "PredCaps runs: winning capsules per "
                       "position in each layer at inference, instead of the run's.")
+    flags.DEFINE_bool("svm", False, "Also fit an RBF SVM on the codes (SparseCaps' read-out; "
+                      "needs scikit-learn: pip install 'capskeras[svm]').")
+    flags.DEFINE_float("svm_c", code_svm.C, "The SVM's C.")
+    flags.DEFINE_float("svm_gamma", code_svm.GAMMA, "The SVM's RBF gamma.")
     flags.mark_flag_as_required("run_dir")
 
 
@@ -215,8 +225,12 @@ def default_name(experiment, head):
 
 
 def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_examples=0,
-        export_dir="", data_dir="", predcaps_inference_k=()):
-    """Trains `heads` on the frozen code of the run in `run_dir`; returns their metrics."""
+        export_dir="", data_dir="", predcaps_inference_k=(), svm=False, svm_c=code_svm.C,
+        svm_gamma=code_svm.GAMMA):
+    """Trains `heads` (and with `svm`, an RBF SVM) on the frozen code of the run in
+    `run_dir`; returns their metrics by output name."""
+    if not heads and not svm:
+        raise ValueError("Received: no heads and svm=False; expected at least one read-out")
     if names and len(names) != len(heads):
         raise ValueError(f"Received: names={list(names)} for heads={list(heads)}; expected one "
                          "name per head")
@@ -236,7 +250,7 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
     train_x, train_y = split_arrays(config, "train", train_examples, data_dir)
     test_x, test_y = split_arrays(config, "test", eval_examples, data_dir)
     started = time.perf_counter()
-    first = build_model(config, encoder, encoder_name, heads[0])
+    first = build_model(config, encoder, encoder_name, heads[0] if heads else "class")
     train_codes, test_codes = codes_of(first, train_x), codes_of(first, test_x)
     code_seconds = time.perf_counter() - started
     results = {}
@@ -274,7 +288,28 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
                           "fit_seconds": metrics["fit_seconds"],
                           "code_seconds": metrics["code_seconds"]}), flush=True)
         results[name] = metrics
+    if svm:
+        name = default_name(config.experiment, "svm")
+        results[name] = _fit_svm(name, os.path.join(output_dir, name), run_dir, encoder_name,
+                                 source, (train_codes, train_y), (test_codes, test_y),
+                                 svm_c, svm_gamma)
     return results
+
+
+def _fit_svm(name, directory, run_dir, encoder_name, source, train, test, c, gamma):
+    """Fits the SVM read-out; writes `metrics.json` and the classifier as `svm.pkl`."""
+    fitted = code_svm.fit_code_svm(*train, *test, c=c, gamma=gamma)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "svm.pkl"), "wb") as f:
+        pickle.dump(fitted.pop("classifier"), f)
+    metrics = {"experiment": name, "run_dir": run_dir, "encoder": encoder_name,
+               "read_out": "rbf_svm", "encoder_source": source, "train_examples": len(train[0]),
+               "test_examples": len(test[0]), **fitted,
+               "test": {"accuracy": fitted["test_accuracy"]}}
+    write_text_atomically(os.path.join(directory, "metrics.json"), json.dumps(metrics, indent=2))
+    print(json.dumps({"experiment": name, "test": metrics["test"],
+                      "fit_seconds": metrics["fit_seconds"]}), flush=True)
+    return metrics
 
 
 def main(argv):
@@ -283,7 +318,8 @@ def main(argv):
     run(FLAGS.run_dir, FLAGS.heads, FLAGS.epochs, FLAGS.output_dir, names=FLAGS.names,
         train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
         export_dir=FLAGS.export_dir, data_dir=FLAGS.data_dir,
-        predcaps_inference_k=FLAGS.predcaps_inference_k)
+        predcaps_inference_k=FLAGS.predcaps_inference_k, svm=FLAGS.svm, svm_c=FLAGS.svm_c,
+        svm_gamma=FLAGS.svm_gamma)
 
 
 if __name__ == "__main__":
