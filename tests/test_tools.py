@@ -101,6 +101,20 @@ def test_results_table_names_missing_runs_with_their_commands(runs_dir):
     assert "enc_untrained" not in "".join(notes)
 
 
+def test_results_table_reads_the_first_directory_holding_each_run(runs_dir, tmp_path):
+    results_table = _load_tool("results_table")
+    heads = tmp_path / "heads"
+    _write_run(heads, "enc_untrained_dec_class", {"epochs": 15, "test": {"accuracy": 0.5}})
+    _write_run(heads, "enc_predcaps_dec_recon", {"epochs": 15, "pretrain": {"epochs": 5},
+                                                 "test": {"mse": 0.0056}})
+    metrics, configs = results_table.read_runs([str(heads), str(runs_dir)])
+    _, rows = _rows(results_table.markdown_table(metrics, configs))
+    assert rows["untrained (frozen)"][1:] == ["50.00%", "99.4%", "0.0123", "0.014", "15", "20"]
+    assert rows["PredCaps (frozen)"][3] == "0.0056"
+    assert rows["PredCaps (frozen)"][6] == "15 (+5 pretrain)"
+    assert rows["deep BP"][6] == "3 on 10,000 examples"
+
+
 def test_results_table_empty_metrics_marks_every_run():
     results_table = _load_tool("results_table")
     markdown = results_table.markdown_table({})

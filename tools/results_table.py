@@ -1,6 +1,7 @@
 """The equivariance study's results table, as Markdown.
 
     python tools/results_table.py                      # from runs/*/metrics.json
+    python tools/results_table.py --runs_dir=runs/heads,runs   # study_heads' heads first
     python tools/results_table.py --train --epochs=2 --train_examples=10000
 
 For each encoder (untrained, deep BP, k-sparse, PredCaps and its three
@@ -191,12 +192,21 @@ def markdown_table(metrics, configs=None, commands=None,
     return "\n".join(lines) + "\n"
 
 
-def read_runs(runs_dir, names=None):
-    """`(metrics, configs)` dicts of the runs found under `runs_dir`."""
+def read_runs(runs_dirs, names=None):
+    """`(metrics, configs)` dicts of the runs found under `runs_dirs`.
+
+    `runs_dirs` is a directory or a list of them; an experiment is read from
+    the first that holds its `metrics.json`.
+    """
+    if isinstance(runs_dirs, (str, os.PathLike)):
+        runs_dirs = [runs_dirs]
     metrics, configs = {}, {}
     for name in names or experiment_names():
+        found = [d for d in runs_dirs if os.path.exists(os.path.join(d, name, "metrics.json"))]
+        if not found:
+            continue
         for target, filename in ((metrics, "metrics.json"), (configs, "config.json")):
-            path = os.path.join(runs_dir, name, filename)
+            path = os.path.join(found[0], name, filename)
             if os.path.exists(path):
                 with open(path) as f:
                     target[name] = json.load(f)
@@ -251,8 +261,11 @@ def define_flags(flag_values):
         "train", False, "Train the table's experiments first, in this process.",
         flag_values=flag_values,
     )
-    flags.DEFINE_string(
-        "runs_dir", "runs", "Holds one model_dir per experiment.", flag_values=flag_values
+    flags.DEFINE_list(
+        "runs_dir", ["runs"], "Directories holding one model_dir per experiment (the first "
+        "that has an experiment's metrics.json is read; --train trains into the first), e.g. "
+        "runs/heads,runs for tools/study_heads.py's heads beside the trainer's runs.",
+        flag_values=flag_values,
     )
     flags.DEFINE_string(
         "output", None, "Also write the table to this file.", flag_values=flag_values
@@ -280,17 +293,17 @@ def main(argv):
         overrides = trainer_overrides()
         if FLAGS.train:
             with _stdout_to_stderr():
-                metrics, configs = train_all(FLAGS.runs_dir, overrides)
+                metrics, configs = train_all(FLAGS.runs_dir[0], overrides)
         else:
             metrics, configs = read_runs(FLAGS.runs_dir)
     except (ValueError, FileNotFoundError) as error:  # Bad flags; MNIST not found.
         print(f"results_table.py: error: {error}", file=sys.stderr)
         sys.exit(2)
     commands = {
-        name: train_command(name, FLAGS.runs_dir, overrides) for name in experiment_names()
+        name: train_command(name, FLAGS.runs_dir[0], overrides) for name in experiment_names()
     }
     all_command = " ".join(
-        ["python tools/results_table.py --train", f"--runs_dir={FLAGS.runs_dir}", *overrides]
+        ["python tools/results_table.py --train", f"--runs_dir={FLAGS.runs_dir[0]}", *overrides]
     )
     table = markdown_table(metrics, configs, commands, all_command)
     if FLAGS.output:
