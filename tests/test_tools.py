@@ -142,6 +142,8 @@ def test_results_table_refuses_per_experiment_flags(tmp_path):
     assert result.returncode != 0
     assert "--model_dir=elsewhere" in result.stderr
     assert result.stdout == ""
+    result = _run_tool("results_table", "--runs_dir=")
+    assert result.returncode == 2 and "--runs_dir= (empty)" in result.stderr
 
 
 # --- bench.py ---------------------------------------------------------------

@@ -290,6 +290,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
     try:
+        if not FLAGS.runs_dir:
+            raise ValueError("Received: --runs_dir= (empty); expected one or more directories")
         overrides = trainer_overrides()
         if FLAGS.train:
             with _stdout_to_stderr():
