@@ -114,6 +114,10 @@ def test_refusals_name_the_problem(tmp_path):
         tool.run(deep_bp, ["class"], epochs=1, output_dir=str(tmp_path / "heads"))
     with pytest.raises(ValueError, match="one name per head"):
         tool.run(deep_bp, ["class", "recon"], epochs=1, output_dir=str(tmp_path), names=["a"])
+    # A bad SVM setting is refused before the run is even read.
+    with pytest.raises(ValueError, match="gamma=0; expected a float > 0"):
+        tool.run(str(tmp_path / "no_run"), ["class"], epochs=1, output_dir=str(tmp_path),
+                 svm=True, svm_gamma=0)
     assert tool.default_name("enc_predcaps_units_dec_class", "recon") == \
         "enc_predcaps_units_dec_recon"
     assert tool.default_name("sparsecaps_mnist", "class") == "sparsecaps_mnist_class"

@@ -231,6 +231,8 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
     `run_dir`; returns their metrics by output name."""
     if not heads and not svm:
         raise ValueError("Received: no heads and svm=False; expected at least one read-out")
+    if svm:
+        code_svm.check_request(svm_c, svm_gamma)
     if names and len(names) != len(heads):
         raise ValueError(f"Received: names={list(names)} for heads={list(heads)}; expected one "
                          "name per head")

@@ -22,6 +22,23 @@ C = 100.0
 GAMMA = 0.1
 
 
+def check_request(c=C, gamma=GAMMA):
+    """Checks `c`, `gamma` and that scikit-learn is installed, before any codes are computed.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+        ValueError: `c` or `gamma` is not > 0.
+    """
+    try:
+        import sklearn.svm  # noqa: F401
+    except ImportError as error:
+        raise ImportError("The SVM read-out needs scikit-learn; expected it installed: "
+                          "pip install 'capskeras[svm]'") from error
+    for name, value in (("c", c), ("gamma", gamma)):
+        if not value > 0:
+            raise ValueError(f"Received: {name}={value!r}; expected a float > 0")
+
+
 def fit_code_svm(train_codes, train_labels, test_codes, test_labels, c=C, gamma=GAMMA):
     """Fits an RBF SVM on `train_codes` and scores it on `test_codes`.
 
@@ -40,14 +57,9 @@ def fit_code_svm(train_codes, train_labels, test_codes, test_labels, c=C, gamma=
         ValueError: a bad `c` or `gamma`, or codes and labels of different
             lengths.
     """
-    try:
-        from sklearn.svm import SVC
-    except ImportError as error:
-        raise ImportError("The SVM read-out needs scikit-learn; expected it installed: "
-                          "pip install 'capskeras[svm]'") from error
-    for name, value in (("c", c), ("gamma", gamma)):
-        if not value > 0:
-            raise ValueError(f"Received: {name}={value!r}; expected a float > 0")
+    check_request(c, gamma)
+    from sklearn.svm import SVC
+
     train_codes, test_codes = (np.asarray(codes, "float64").reshape(len(codes), -1)
                                for codes in (train_codes, test_codes))
     train_labels, test_labels = (np.asarray(labels).reshape(-1)
