@@ -163,6 +163,25 @@ def test_feedback_iterations_change_the_selection(mnist):
     assert any((a != b).any() for a, b in zip(selections[1], selections[2]))
 
 
+def test_feedback_rounds_at_inference_when_asked(mnist):
+    images = mnist[0][:8]
+    encoder = predcaps_encoder(seed=0, feedback_iterations=1, inference_feedback_iterations=0)
+    with_round = predcaps_encoder(seed=0, feedback_iterations=1)
+    without_round = predcaps_encoder(seed=0, feedback_iterations=0)
+    # Inference is the one upward pass; training keeps its rounds. (Inference first:
+    # a training pass moves the lifetime statistics of its encoder.)
+    for training, same_as in ((False, without_round), (True, with_round)):
+        _, ours = encoder.passes(images, training=training)
+        _, theirs = same_as.passes(images, training=training)
+        for y, expected in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(y),
+                                          keras.ops.convert_to_numpy(expected))
+    restored = PredCapsEncoder.from_config(encoder.get_config())
+    assert restored.inference_feedback_iterations == 0
+    with pytest.raises(ValueError, match="inference_feedback_iterations=-1"):
+        PredCapsEncoder(inference_feedback_iterations=-1)
+
+
 def test_feedback_iterations_validation():
     with pytest.raises(ValueError, match="feedback_iterations=-1"):
         PredCapsEncoder(feedback_iterations=-1)

@@ -79,15 +79,20 @@ def test_predcaps_heads_can_read_a_denser_code_than_the_run_trained_with(tmp_pat
                          "--pretrain_epochs=1", "--predcaps_k=1,1,1")
     tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
              names=["dense"], train_examples=128, eval_examples=64,
-             predcaps_inference_k=["1", "1", "16"])
+             predcaps_inference_k=["1", "1", "16"], predcaps_inference_feedback=0)
     model = keras.saving.load_model(tmp_path / "heads" / "dense" / "model.keras")
     assert [layer.inference_k for layer in model.encoder.pred_caps_layers] == [1, 1, 16]
+    assert model.encoder.inference_feedback_iterations == 0
     code = keras.ops.convert_to_numpy(model.encode(np.random.default_rng(0).uniform(
         size=(4, 28, 28, 1)).astype("float32")))
     norms = np.linalg.norm(code.reshape(4, 16, 16), axis=-1)
     assert ((norms > 0).sum(-1) == 16).all()
     saved = json.loads((tmp_path / "heads" / "dense" / "metrics.json").read_text())
-    assert saved["settings_overridden"] == {"predcaps_inference_k": [1, 1, 16]}
+    assert saved["settings_overridden"] == {"predcaps_inference_k": [1, 1, 16],
+                                            "predcaps_inference_feedback": 0}
+    with pytest.raises(ValueError, match="predcaps_inference_feedback=-2; expected an int >= -1"):
+        tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
+                 predcaps_inference_feedback=-2)
     with pytest.raises(ValueError, match="predcaps_inference_k"):
         tool.run(str(run_dir), ["class"], epochs=1, output_dir=str(tmp_path / "heads"),
                  predcaps_inference_k=["1", "1"])

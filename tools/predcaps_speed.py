@@ -9,7 +9,9 @@ Measures, on the same batch of MNIST digits and the study geometry:
   deep-BP study model `enc_deep_bp_dec_recon` (encoder and head trained
   end to end by backprop);
 - inference: the frozen PredCaps encoder under the class head against the
-  deep-BP encoder under the class head (`predict_on_batch`).
+  deep-BP encoder under the class head (`predict_on_batch`); the PredCaps
+  encoder both with its feedback rounds and as one upward pass
+  (`inference_feedback_iterations=0`, `*_one_pass`).
 
 Each repeat times `--steps` steps of every model in turn after a warm-up,
 so load on a shared machine falls on all of them alike; the figure is the
@@ -66,11 +68,14 @@ def main():
     deep_bp = build_study_model("deep_bp", "recon", seed=0)
     deep_bp.compile(keras.optimizers.Adam(1e-3), deep_bp.default_loss(),
                     jit_compile=args.jit_compile)
-    predcaps_class = StudyModel(
-        predcaps_encoder(seed=0, feedback_iterations=args.feedback_iterations),
-        ClassificationHead(10, name="class_head"), freeze_encoder=True)
-    predcaps_class.build((None, 28, 28, 1))
-    predcaps_class.compile(jit_compile=args.jit_compile)
+    predcaps_class, predcaps_one_pass = (
+        StudyModel(predcaps_encoder(seed=0, feedback_iterations=args.feedback_iterations,
+                                    inference_feedback_iterations=rounds),
+                   ClassificationHead(10, name="class_head"), freeze_encoder=True)
+        for rounds in (None, 0))
+    for model in (predcaps_class, predcaps_one_pass):
+        model.build((None, 28, 28, 1))
+        model.compile(jit_compile=args.jit_compile)
     deep_bp_class = build_study_model("deep_bp", "class", seed=0)
     deep_bp_class.compile(jit_compile=args.jit_compile)
 
@@ -78,6 +83,7 @@ def main():
         "train/predcaps_pretrain": lambda: pretrainer.train_on_batch(images),
         "train/enc_deep_bp_dec_recon": lambda: deep_bp.train_on_batch(images, images),
         "infer/enc_predcaps_dec_class": lambda: predcaps_class.predict_on_batch(images),
+        "infer/enc_predcaps_dec_class_one_pass": lambda: predcaps_one_pass.predict_on_batch(images),
         "infer/enc_deep_bp_dec_class": lambda: deep_bp_class.predict_on_batch(images),
     }
     for step in steps.values():  # trace and warm up
@@ -101,6 +107,9 @@ def main():
             medians["train/predcaps_pretrain"] / medians["train/enc_deep_bp_dec_recon"], 3),
         "infer_ratio_predcaps_over_deep_bp": round(
             medians["infer/enc_predcaps_dec_class"] / medians["infer/enc_deep_bp_dec_class"], 3),
+        "infer_ratio_predcaps_one_pass_over_deep_bp": round(
+            medians["infer/enc_predcaps_dec_class_one_pass"]
+            / medians["infer/enc_deep_bp_dec_class"], 3),
         "process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }, indent=2))
 

@@ -39,7 +39,9 @@ holds its `metrics.json` and the pickled classifier `svm.pkl`.
 
 `--predcaps_inference_k=8,8,16` reads a PredCaps run's code with more
 winners per position at inference than it trained with, from the same
-weights; `metrics.json` records it under `settings_overridden`.
+weights; `--predcaps_inference_feedback=0` reads it without the feedback
+rounds at inference (one upward pass). `metrics.json` records both under
+`settings_overridden`.
 """
 
 import json
@@ -83,6 +85,8 @@ def define_flags():
     flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for the run's.")
     flags.DEFINE_list("predcaps_inference_k", [], "PredCaps runs: winning capsules per "
                       "position in each layer at inference, instead of the run's.")
+    flags.DEFINE_integer("predcaps_inference_feedback", None, "PredCaps runs: down-and-up "
+                         "rounds at inference, instead of the run's.")
     flags.DEFINE_bool("svm", False, "Also fit an RBF SVM on the codes (SparseCaps' read-out; "
                       "needs scikit-learn: pip install 'capskeras[svm]').")
     flags.DEFINE_float("svm_c", code_svm.C, "The SVM's C.")
@@ -225,8 +229,8 @@ def default_name(experiment, head):
 
 
 def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_examples=0,
-        export_dir="", data_dir="", predcaps_inference_k=(), svm=False, svm_c=code_svm.C,
-        svm_gamma=code_svm.GAMMA):
+        export_dir="", data_dir="", predcaps_inference_k=(), predcaps_inference_feedback=None,
+        svm=False, svm_c=code_svm.C, svm_gamma=code_svm.GAMMA):
     """Trains `heads` (and with `svm`, an RBF SVM) on the frozen code of the run in
     `run_dir`; returns their metrics by output name."""
     if not heads and not svm:
@@ -243,6 +247,8 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
     if predcaps_inference_k:
         overrides["predcaps_inference_k"] = parse_ints(
             "predcaps_inference_k", [str(k) for k in predcaps_inference_k])
+    if predcaps_inference_feedback is not None:
+        overrides["predcaps_inference_feedback"] = predcaps_inference_feedback
     config = load_run_config(run_dir, overrides)
     if getattr(config.settings, "translate_pixels", 0):
         raise ValueError(f"Received: a run with translate_pixels="
@@ -320,7 +326,9 @@ def main(argv):
     run(FLAGS.run_dir, FLAGS.heads, FLAGS.epochs, FLAGS.output_dir, names=FLAGS.names,
         train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
         export_dir=FLAGS.export_dir, data_dir=FLAGS.data_dir,
-        predcaps_inference_k=FLAGS.predcaps_inference_k, svm=FLAGS.svm, svm_c=FLAGS.svm_c,
+        predcaps_inference_k=FLAGS.predcaps_inference_k,
+        predcaps_inference_feedback=FLAGS.predcaps_inference_feedback, svm=FLAGS.svm,
+        svm_c=FLAGS.svm_c,
         svm_gamma=FLAGS.svm_gamma)
 
 

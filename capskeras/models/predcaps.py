@@ -10,7 +10,8 @@ The stack has the study's geometry (compare `encoders.conv_encoder`):
 
 and emits the flattened top layer, the 256-element code.
 
-Inference and training run the same passes. The first upward pass has no
+Inference runs the same passes as training unless the encoder's
+`inference_feedback_iterations` asks for fewer or more. The first upward pass has no
 feedback. Each of the `feedback_iterations` rounds then goes down, every
 layer `l + 1` predicting the output of layer `l` with its decoder,
 `p_l = dec_{l+1}(y_{l+1})`, and up again, every layer selecting its
@@ -54,6 +55,12 @@ class PredCapsEncoder(keras.Model):
             Makhzani and Frey's `alpha * k`.
         feedback_iterations: int >= 0, down-and-up rounds after the first
             upward pass.
+        inference_feedback_iterations: None (the default:
+            `feedback_iterations`) or int >= 0, the rounds at inference.
+            Without them the frozen encoder is one upward pass, the same
+            convolutions as a feed-forward encoder plus the selections;
+            after 10 epochs of local learning with one round, its code
+            classified as well without the round (docs/study_results.md).
         normalization: `"unit_total"` or `"layer_norm"` (every layer).
         selection: `"capsule"` or `"unit"` (every layer).
         feedback_weight: float in [0, 1], see `PredCapsLayer`.
@@ -99,6 +106,7 @@ class PredCapsEncoder(keras.Model):
         lifetime=None,
         statistics_decay=0.5,
         seed=None,
+        inference_feedback_iterations=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -121,6 +129,15 @@ class PredCapsEncoder(keras.Model):
                 f"Received: feedback_iterations={feedback_iterations!r}; expected an int >= 0"
             )
         self.feedback_iterations = feedback_iterations
+        if inference_feedback_iterations is not None and (
+                isinstance(inference_feedback_iterations, bool)
+                or not isinstance(inference_feedback_iterations, int)
+                or inference_feedback_iterations < 0):
+            raise ValueError(
+                "Received: inference_feedback_iterations="
+                f"{inference_feedback_iterations!r}; expected None or an int >= 0"
+            )
+        self.inference_feedback_iterations = inference_feedback_iterations
         self.normalization = normalization
         self.selection = selection
         self.feedback_weight = float(feedback_weight)
@@ -188,8 +205,10 @@ class PredCapsEncoder(keras.Model):
         """
         hold = ops.stop_gradient if local else (lambda tensor: tensor)
         last_pass = self.feedback_iterations
+        if not training and self.inference_feedback_iterations is not None:
+            last_pass = self.inference_feedback_iterations
         outputs = self._upward(images, None, training, 0 == last_pass, hold)
-        for round_index in range(1, self.feedback_iterations + 1):
+        for round_index in range(1, last_pass + 1):
             feedback = [
                 hold(above.decode(output))
                 for above, output in zip(self.pred_caps_layers[1:], outputs[1:])
@@ -230,6 +249,7 @@ class PredCapsEncoder(keras.Model):
                 "k": self.k,
                 "inference_k": self.inference_k,
                 "feedback_iterations": self.feedback_iterations,
+                "inference_feedback_iterations": self.inference_feedback_iterations,
                 "normalization": self.normalization,
                 "selection": self.selection,
                 "feedback_weight": self.feedback_weight,
@@ -361,7 +381,7 @@ class PredCapsPretrainer(keras.Model):
 def predcaps_encoder(image_shape=(28, 28, 1), seed=None, k=DEFAULT_PREDCAPS_K,
                      feedback_iterations=DEFAULT_FEEDBACK_ITERATIONS,
                      normalization="unit_total", selection="capsule", inference_k=None,
-                     name="predcaps_encoder"):
+                     inference_feedback_iterations=None, name="predcaps_encoder"):
     """The study's PredCaps encoder, built: images -> `[B, 256]` code.
 
     Args:
@@ -375,6 +395,8 @@ def predcaps_encoder(image_shape=(28, 28, 1), seed=None, k=DEFAULT_PREDCAPS_K,
         selection: `"capsule"` (the study) or `"unit"` (ablation).
         inference_k: None (the default: `k`) or three ints, winners per
             position at inference, counted as `k` is.
+        inference_feedback_iterations: None (the default:
+            `feedback_iterations`) or int >= 0, down-and-up rounds at inference.
         name: the model's name.
 
     Returns:
@@ -390,7 +412,8 @@ def predcaps_encoder(image_shape=(28, 28, 1), seed=None, k=DEFAULT_PREDCAPS_K,
             inference_k = _capsules_as_units(inference_k)
     encoder = PredCapsEncoder(
         PREDCAPS_GEOMETRY, k, feedback_iterations, normalization, selection,
-        inference_k=inference_k, seed=seed, name=name,
+        inference_k=inference_k, seed=seed,
+        inference_feedback_iterations=inference_feedback_iterations, name=name,
     )
     encoder.build((None,) + tuple(image_shape))
     return encoder

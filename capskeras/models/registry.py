@@ -87,21 +87,25 @@ def ksparse(image_shape, seed=None, ksparse_k=encoders.DEFAULT_KSPARSE_K, kspars
 
 @register_encoder(
     "predcaps", frozen=True, pretraining=predcaps.PredCapsPretrainer,
-    options=("predcaps_k", "predcaps_inference_k", "feedback_iterations", "normalization",
-             "selection"),
+    options=("predcaps_k", "predcaps_inference_k", "feedback_iterations",
+             "predcaps_inference_feedback", "normalization", "selection"),
 )
 def predcaps_encoder(image_shape, seed=None, predcaps_k=predcaps.DEFAULT_PREDCAPS_K,
                      predcaps_inference_k=(),
                      feedback_iterations=predcaps.DEFAULT_FEEDBACK_ITERATIONS,
-                     normalization="unit_total", selection="capsule"):
+                     predcaps_inference_feedback=-1, normalization="unit_total",
+                     selection="capsule"):
     """PredCaps: every layer learns locally and at once, then frozen under the heads.
 
-    An empty `predcaps_inference_k` keeps `predcaps_k` winners at inference.
+    An empty `predcaps_inference_k` keeps `predcaps_k` winners at inference, and
+    `predcaps_inference_feedback=-1` keeps `feedback_iterations` rounds.
     """
     return predcaps.predcaps_encoder(
         image_shape, seed=seed, k=predcaps_k, feedback_iterations=feedback_iterations,
         normalization=normalization, selection=selection,
         inference_k=tuple(predcaps_inference_k) or None,
+        inference_feedback_iterations=(
+            None if predcaps_inference_feedback < 0 else predcaps_inference_feedback),
     )
 
 

@@ -73,6 +73,10 @@ class StudyTask(MnistTask):
             "PredCaps: down-and-up rounds after the first upward pass.", check=at_least(0),
             resume=MODEL,
         )
+        predcaps_inference_feedback: int = setting(
+            -1, "PredCaps: down-and-up rounds at inference; -1 for feedback_iterations.",
+            check=at_least(-1),
+        )
         normalization: str = setting(
             "unit_total", "PredCaps: competition by unit_total (zero-sum) or layer_norm.",
             choices=("unit_total", "layer_norm"), resume=MODEL,
