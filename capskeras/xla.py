@@ -99,12 +99,10 @@ def compiled(function):
     return tf.function(function, jit_compile=True, autograph=False)
 
 
-def check_routing_jit_compile(value):
-    """Raises ValueError unless `value` is `"auto"`, `True` or `False`."""
+def check_routing_jit_compile(value, name="routing_jit_compile"):
+    """Raises ValueError, naming setting `name`, unless `value` is `"auto"`, `True` or `False`."""
     if not (isinstance(value, bool) or value == "auto"):
-        raise ValueError(
-            f"Received: routing_jit_compile={value!r}; expected 'auto', True or False"
-        )
+        raise ValueError(f"Received: {name}={value!r}; expected 'auto', True or False")
 
 
 def compiles_routing(routing_jit_compile):

@@ -355,6 +355,27 @@ def test_saved_model_round_trip(lifetime):
     assert_saved_model_round_trip(model, _x(seed=5))
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"lifetime": "boost"}, {"lifetime": "standardize"}, {"normalization": "layer_norm"},
+     {"selection": "unit", "k": 4}],
+)
+def test_selection_under_xla_matches_the_plain_kernels(kwargs):
+    x, feedback = _x(), _x((3, 5, 5, C * D), seed=3) - 0.5
+    plain, compiled = (_layer(selection_jit_compile=jit, **kwargs) for jit in (False, True))
+    plain.build(x.shape)
+    compiled.build(x.shape)
+    compiled.set_weights(plain.get_weights())
+    for training in (True, False):  # training moves the lifetime statistics first
+        ours, theirs = (tf.function(lambda v, p, layer=layer: layer(
+            v, feedback=p, training=training))(x, feedback) for layer in (compiled, plain))
+        np.testing.assert_allclose(_np(ours), _np(theirs), rtol=1e-5, atol=1e-6)
+        for ours, theirs in zip(compiled.weights, plain.weights, strict=True):
+            np.testing.assert_allclose(_np(ours), _np(theirs), rtol=1e-6)
+    with pytest.raises(ValueError, match="selection_jit_compile='yes'"):
+        _layer(selection_jit_compile="yes")
+
+
 @pytest.mark.parametrize("lifetime", ["boost", "standardize"])
 def test_trains_under_jit_compile(lifetime):
     model = _model(lifetime)
