@@ -7,6 +7,12 @@ def check_positive_int(name, value):
         raise ValueError(f"Received: {name}={value!r}; expected an int >= 1")
 
 
+def check_non_negative_int(name, value):
+    """Raises ValueError unless `value` is an int >= 0 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Received: {name}={value!r}; expected an int >= 0")
+
+
 def check_positive_float(name, value):
     """Raises ValueError unless `value` is a real number > 0 (a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from capskeras.checks import check_non_negative_int
 from capskeras.checks import check_positive_int
 from capskeras.data import mnist
 from capskeras.data import transforms
@@ -165,8 +166,7 @@ class RotatedMnistRegenConfig(tfds.core.BuilderConfig):
                 f"Received: train_examples={train_examples}, test_examples={test_examples}; "
                 f"expected at most {total} digits together (all of MNIST)"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"Received: seed={seed!r}; expected an int >= 0")
+        check_non_negative_int("seed", seed)
         super().__init__(version=REGEN_VERSION, **kwargs)
         self.train_examples = train_examples
         self.test_examples = test_examples

@@ -29,6 +29,7 @@ import math
 import keras
 from keras import ops
 
+from capskeras.checks import check_non_negative_int
 from capskeras.checks import check_positive_int
 from capskeras.layers.pred_caps import PredCapsLayer
 
@@ -123,20 +124,10 @@ class PredCapsEncoder(keras.Model):
                 f"Received: inference_k={list(self.inference_k)}; expected None or "
                 f"{len(self.geometry)} ints, one per layer"
             )
-        if isinstance(feedback_iterations, bool) or not isinstance(feedback_iterations, int) \
-                or feedback_iterations < 0:
-            raise ValueError(
-                f"Received: feedback_iterations={feedback_iterations!r}; expected an int >= 0"
-            )
+        check_non_negative_int("feedback_iterations", feedback_iterations)
         self.feedback_iterations = feedback_iterations
-        if inference_feedback_iterations is not None and (
-                isinstance(inference_feedback_iterations, bool)
-                or not isinstance(inference_feedback_iterations, int)
-                or inference_feedback_iterations < 0):
-            raise ValueError(
-                "Received: inference_feedback_iterations="
-                f"{inference_feedback_iterations!r}; expected None or an int >= 0"
-            )
+        if inference_feedback_iterations is not None:
+            check_non_negative_int("inference_feedback_iterations", inference_feedback_iterations)
         self.inference_feedback_iterations = inference_feedback_iterations
         self.normalization = normalization
         self.selection = selection
