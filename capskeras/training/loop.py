@@ -35,7 +35,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from capskeras.files import reported_as_write_error
 from capskeras.files import write_text_atomically
+from capskeras.training import checkpoints
 
 HISTORY_FILE = "history.json"
 
@@ -70,12 +72,18 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
         jit_compile: compile the per-replica step with XLA.
 
     Returns:
-        A dict: `epochs`, `resumed_from` (`{"epoch", "step"}` or None) and
-        `history` (one record of metrics per epoch).
+        A dict: `epochs`, `resumed_from` (None, or `{"epoch", "step",
+        "checkpoint"}`, plus `skipped_damaged` and `steps_lost` when damaged
+        newer checkpoints were set aside) and `history` (one record of
+        metrics per epoch).
 
     Raises:
         NonFiniteLossError: the loss became non-finite; nothing was saved
             after the last finite step.
+        checkpoints.UnreadableCheckpointError: no checkpoint in `directory`
+            can be read; nothing was overwritten.
+        checkpoints.CheckpointWriteError: a checkpoint could not be written
+            (a full disk); the previous one is kept.
     """
     if worker_id:
         directory = os.path.join(directory, f"worker-{worker_id}")
@@ -86,21 +94,30 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
     iterator = iter(_worker_batches(dataset, strategy, batch_size, worker_id).repeat())
     state = dict(weights=_weights_by_position(model), optimizer=model.optimizer,
                  seeds=_seed_states(model), epoch=epoch, step=step)
-    manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(**state, input=iterator), directory, max_to_keep=keep)
+    def make_manager():
+        return tf.train.CheckpointManager(
+            tf.train.Checkpoint(**state, input=iterator), directory, max_to_keep=keep)
+
+    manager = make_manager()
     resumed_from = None
     history = []
-    if manager.latest_checkpoint:
-        restored = tf.train.Checkpoint(**state, **({"input": iterator} if restore_input else {}))
-        restored.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    restored = tf.train.Checkpoint(**state, **({"input": iterator} if restore_input else {}))
+    path, skipped = checkpoints.restore_newest_readable(restored, manager)
+    if path:
+        if skipped:
+            manager = make_manager()  # Its list no longer holds the damaged ones.
         if not restore_input:
             step.assign(0)  # The current epoch starts over in a fresh pipeline.
-        resumed_from = {"epoch": int(epoch.numpy()), "step": int(step.numpy())}
+        resumed_from = {"epoch": int(epoch.numpy()), "step": int(step.numpy()),
+                        "checkpoint": os.path.basename(path)}
+        if skipped:
+            newest = max(checkpoints.checkpoint_number(entry["checkpoint"]) for entry in skipped)
+            resumed_from["skipped_damaged"] = skipped
+            resumed_from["steps_lost"] = newest - checkpoints.checkpoint_number(path)
         history = [record for record in _read_history(directory)
                    if record["epoch"] <= resumed_from["epoch"]]
         logging.info("Resuming %s from epoch %d, step %d of %d (%s)", model.name,
-                     resumed_from["epoch"], resumed_from["step"], steps_per_epoch,
-                     manager.latest_checkpoint)
+                     resumed_from["epoch"], resumed_from["step"], steps_per_epoch, path)
     _check_workers_agree(strategy, int(epoch.numpy()) * steps_per_epoch + int(step.numpy()))
 
     train_step = _train_function(model, strategy, jit_compile, worker_id)
@@ -111,7 +128,7 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
 
     def save(finished_epoch, finished_step):
         _check_finite_weights(model, finished_epoch, finished_step)
-        manager.save(checkpoint_number=int(epoch.numpy()) * steps_per_epoch + int(step.numpy()))
+        checkpoints.save(manager, int(epoch.numpy()) * steps_per_epoch + int(step.numpy()))
 
     callback_list.on_train_begin()
     while int(epoch.numpy()) < epochs:
@@ -143,8 +160,9 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
         callback_list.on_epoch_end(current, logs)
         save(current + 1, steps_per_epoch)
         if worker_id == 0:
-            write_text_atomically(os.path.join(directory, HISTORY_FILE),
-                                  json.dumps(history, indent=2))
+            history_file = os.path.join(directory, HISTORY_FILE)
+            with reported_as_write_error(history_file):
+                write_text_atomically(history_file, json.dumps(history, indent=2))
     callback_list.on_train_end(history[-1] if history else {})
     return {"epochs": int(epoch.numpy()), "resumed_from": resumed_from, "history": history}
 

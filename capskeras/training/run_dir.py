@@ -1,7 +1,10 @@
 """What a model directory holds, and whether a new request may continue it.
 
     <model_dir>/config.json, flags.cfg   the settings the run goes by
-    <model_dir>/resumes.jsonl            one line per resume: when, what changed
+    <model_dir>/resumes.jsonl            one line per resume (when, what changed) and per
+                                         fault met on the way (a lock taken over, damaged
+                                         checkpoints set aside)
+    <model_dir>/trainer.lock             held while a trainer runs (see run_lock.py)
     <model_dir>/checkpoints/             the model's training (see loop.py)
     <model_dir>/<stage>/checkpoints/     each pretraining stage's
 """
@@ -153,4 +156,11 @@ def record_start(config, changes):
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "changed": {name: list(change) for name, change in changes.items()}}
     with open(os.path.join(config.model_dir, RESUMES_FILE), "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def record_event(model_dir, event, **details):
+    """Appends one line about `event` (a lock taken over, checkpoints skipped) to `resumes.jsonl`."""
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, **details}
+    with open(os.path.join(model_dir, RESUMES_FILE), "a") as f:
         f.write(json.dumps(line) + "\n")

@@ -11,7 +11,15 @@ settings), `checkpoints/` (resumed from automatically), `logs/`
 models, `reconstructions.png`; with `--export_dir` it also exports a
 SavedModel. `--pretrain_only` stops after the pretraining stages. Every
 check of the request runs before anything is written (`preflight`, and the
-replicas' share of the batch once the strategy exists).
+replicas' share of the batch once the strategy exists); then the trainer
+takes the run directory's lock (`run_lock`), so that one trainer at a time
+writes a run.
+
+Exit codes of `capskeras-train`: 0 done; 2 a bad request (a bad value,
+missing data, a run directory another trainer holds or whose checkpoints
+cannot be read), before anything is written; 3 the loss became NaN or
+infinite; 5 a checkpoint, model or export could not be written (a full
+disk), the earlier ones kept.
 """
 
 import json
@@ -28,12 +36,16 @@ import tensorflow as tf
 
 from capskeras import export
 from capskeras.data import mnist
+from capskeras.files import WriteError
+from capskeras.files import reported_as_write_error
 from capskeras.files import write_text_atomically
 from capskeras.models.contract import check_servable
 from capskeras.tasks import InputOptions
 from capskeras.training import figures
+from capskeras.training import checkpoints
 from capskeras.training import loop
 from capskeras.training import run_dir
+from capskeras.training import run_lock
 from capskeras.training import strategy as strategies
 from capskeras.training.flags import config_from_flags
 from capskeras.training.flags import define_flags
@@ -52,16 +64,28 @@ def train(config):
         The metrics dict also written to `<model_dir>/metrics.json`.
 
     Raises:
-        ConfigurationError: anything wrong with the request, before any work.
+        ConfigurationError: anything wrong with the request, before any work:
+            also another trainer holding `model_dir`, or checkpoints there
+            that cannot be read.
         loop.NonFiniteLossError: the loss became NaN or infinite.
+        capskeras.files.WriteError: a checkpoint, the model or the export
+            could not be written; the earlier ones are kept.
     """
     changes = preflight(config)
+    worker = strategies.worker_index() if config.distribution_strategy == "multi_worker" else 0
+    try:
+        lock = run_lock.acquire(config.model_dir, worker)
+    except (run_lock.RunLockedError, OSError) as error:
+        raise ConfigurationError(str(error)) from error
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
-        return _Run(config, changes).run()
+        return _Run(config, changes, lock).run()
+    except checkpoints.UnreadableCheckpointError as error:
+        raise ConfigurationError(str(error)) from error
     finally:
         keras.config.set_dtype_policy(previous_policy)
+        lock.release()
 
 
 def preflight(config):
@@ -100,9 +124,10 @@ def preflight(config):
 class _Run:
     """One run of `train`: its strategy, its stages and what it writes."""
 
-    def __init__(self, config, changes):
+    def __init__(self, config, changes, lock):
         self.config = config
         self.changes = changes
+        self.lock = lock
         self.task = config.task()
         multi_worker = config.distribution_strategy == "multi_worker"
         # TF_CONFIG speaks only for multi_worker runs; any other run is its own chief.
@@ -120,6 +145,9 @@ class _Run:
         self.steps_per_epoch = self._steps_per_epoch()
         if self.chief:
             run_dir.record_start(config, self.changes)
+        if self.lock.taken_over:
+            run_dir.record_event(config.model_dir, "lock_taken_over", lock=self.lock.path,
+                                 previous_holder=self.lock.taken_over.describe())
         results = {
             "experiment": config.experiment,
             "model": config.model,
@@ -134,8 +162,9 @@ class _Run:
             pretrained[stage.name] = stage.result(model)
         if config.pretrain_only:
             if self.chief:
-                write_text_atomically(os.path.join(config.model_dir, "metrics.json"),
-                                      json.dumps(results, indent=2))
+                metrics_file = os.path.join(config.model_dir, "metrics.json")
+                with reported_as_write_error(metrics_file):
+                    write_text_atomically(metrics_file, json.dumps(results, indent=2))
             return results
         model, trained = self._train(lambda: self.task.build_model(pretrained), config.epochs)
         results.update(trained)
@@ -174,6 +203,11 @@ class _Run:
             jit_compile=config.jit_compile,
         )
         resumed = trained["resumed_from"]
+        if resumed and resumed.get("skipped_damaged"):
+            run_dir.record_event(
+                config.model_dir, "damaged_checkpoints_skipped", stage=stage_name or "model",
+                worker=self.worker, restored=resumed["checkpoint"],
+                skipped=resumed["skipped_damaged"], steps_lost=resumed["steps_lost"])
         metrics = {
             "epochs": trained["epochs"],
             "resumed_from": resumed,
@@ -233,11 +267,13 @@ class _Run:
                 )
         results["model_file"] = _save_model(model, config.model_dir)
         if config.export_dir:
-            results["export"] = export.export_saved_model(
-                model, config.export_dir, self.task.image_shape())
+            with reported_as_write_error(config.export_dir):
+                results["export"] = export.export_saved_model(
+                    model, config.export_dir, self.task.image_shape())
             logging.info("Exported SavedModel to %s", results["export"])
-        write_text_atomically(os.path.join(config.model_dir, "metrics.json"),
-                              json.dumps(results, indent=2))
+        metrics_file = os.path.join(config.model_dir, "metrics.json")
+        with reported_as_write_error(metrics_file):
+            write_text_atomically(metrics_file, json.dumps(results, indent=2))
 
 
 def _input_options(config, split):
@@ -302,7 +338,13 @@ def _optimizer(config, steps_per_epoch):
 def _save_model(model, model_dir):
     path = os.path.join(model_dir, "model.keras")
     partial = os.path.join(model_dir, ".partial.model.keras")
-    model.save(partial)
+    with reported_as_write_error(path):
+        try:
+            model.save(partial)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
     os.replace(partial, path)
     return path
 
@@ -320,6 +362,8 @@ def main(argv):
         _fail(error, 2)
     except loop.NonFiniteLossError as error:
         _fail(error, 3)
+    except WriteError as error:
+        _fail(error, 5)
     if config.pretrain_only:
         stages = [stage.name for stage in config.task().pretraining()]
         summary = {"experiment": results["experiment"]} | {
