@@ -93,7 +93,8 @@ def test_ablation_flagfiles_differ_from_predcaps_in_their_switch_alone(ablation,
 
 # Rotated digits are regenerated from MNIST into a writable directory, few of them.
 SMALL_DATA = {
-    name: ["--regen_train_examples=256", "--regen_test_examples=128", "--data_dir={tmp}/tfds"]
+    name: ["--regen_train_examples=256", "--regen_test_examples=128", "--data_dir={tmp}/tfds",
+           "--validation_examples=64"]
     for name in ("p4cnn_rotated_mnist", "z2cnn_rotated_mnist")
 }
 # One EM iteration: the same layers, task and trainer, a fraction of the compilation.
@@ -136,7 +137,8 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
     classifies = settings.head == "class" if study else config.model != "sparsecaps"
     reconstructs = config.model in ("capsnet", "sparsecaps") or (study and settings.head == "recon")
     if classifies:
-        assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+        for split in ("train", "validation", "test"):
+            assert 0.0 <= metrics[split]["accuracy"] <= 1.0
     if reconstructs:
         assert (run / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if study and settings.head == "recon":
@@ -174,7 +176,7 @@ def test_training_learns_to_classify_mnist(tmp_path):
 def test_more_epochs_resume_where_the_last_run_stopped(tmp_path):
     first = train(tiny_config(tmp_path, epochs=1))
     second = train(tiny_config(tmp_path, epochs=2))
-    assert second["resumed_from"] == {"epoch": 1, "step": 0}
+    assert second["resumed_from"] == {"epoch": 1, "step": 0, "checkpoint": "ckpt-4"}
     assert [record["epoch"] for record in second["history"]] == [1, 2]
     assert second["history"][0] == first["history"][0]
     # The optimizer state came back too: its step count spans both runs.
@@ -205,7 +207,7 @@ def test_resume_under_changed_settings_needs_the_flag(tmp_path):
     # The run now goes by the new settings: resuming it again needs no flag.
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 32
     assert train(tiny_config(tmp_path, epochs=2, batch_size=32))["resumed_from"] == {
-        "epoch": 2, "step": 0}
+        "epoch": 2, "step": 0, "checkpoint": "ckpt-16"}
     # 4 steps of 64, then 8 of 32 under the new batch size.
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     assert int(model.optimizer.iterations.numpy()) == 4 + 8
@@ -218,7 +220,8 @@ def test_a_setting_added_since_the_run_started_counts_as_its_default(tmp_path):
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     del recorded["feedback_iterations"]  # As in a run from before PredCaps.
     (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))
-    assert train(tiny_config(tmp_path, epochs=2))["resumed_from"] == {"epoch": 1, "step": 0}
+    assert train(tiny_config(tmp_path, epochs=2))["resumed_from"] == {
+        "epoch": 1, "step": 0, "checkpoint": "ckpt-4"}
 
 
 def test_a_batch_the_replicas_cannot_share_is_refused_before_any_write(tmp_path):
@@ -503,3 +506,42 @@ def test_helpfull_lists_each_tasks_flags_under_its_name():
     assert "--pad_to" in sections["capskeras-train --model=lenet5"]
     assert "--checkpoint_every_steps" in sections["capskeras-train"]
     assert "--encoder" not in sections["capskeras-train --model=capsnet"]
+
+
+def test_validation_digits_are_held_out_of_training_and_evaluated_every_epoch(tmp_path):
+    """The last N training digits are the validation split: never in the training pipeline."""
+    from capskeras.tasks import InputOptions
+
+    config = tiny_config(tmp_path, model="lenet5", epochs=2, validation_examples=1000,
+                         train_examples=0, eval_examples=128, export_dir="")
+    task = config.task()
+    options = InputOptions(batch_size=4096, validation_examples=1000)
+
+    def digests(split, shuffle):
+        return {image.tobytes() for images, _ in task.images(split, options, shuffle=shuffle)
+                for image in (images.numpy() * 255).astype(np.uint8)}
+
+    training, validation = digests("train", True), digests("validation", False)
+    assert task.num_examples("train", options) == 59000
+    assert len(validation) > 990  # MNIST repeats a few digits exactly.
+    assert not training & validation
+    everything = digests("train", False) | validation
+    assert everything == training | validation
+
+    metrics = train(dataclasses.replace(config, train_examples=512))
+    history = metrics["history"]
+    assert [sorted(key for key in record if key.startswith("val_")) for record in history] == [
+        ["val_accuracy", "val_loss"]] * 2
+    assert set(metrics) >= {"train", "validation", "test"}
+    for split in ("train", "validation", "test"):
+        assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+    assert metrics["validation"]["accuracy"] == history[-1]["val_accuracy"]
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "history.json").read_text())
+    assert saved[-1]["val_accuracy"] == history[-1]["val_accuracy"]
+
+
+def test_a_validation_split_as_large_as_the_training_split_is_refused(tmp_path):
+    with pytest.raises(ConfigurationError, match="validation_examples=60000; expected fewer "
+                                                 "than the 60000 examples"):
+        train(tiny_config(tmp_path, validation_examples=60000))
+    assert not (tmp_path / "run").exists()

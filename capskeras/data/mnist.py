@@ -98,7 +98,8 @@ def load_mnist(
     `[pad_to, pad_to, 1]`).
 
     Args:
-        split: `"train"` or `"test"`.
+        split: `"train"` or `"test"`, or a TFDS slice of one
+            (`"train[:55000]"`, `"train[55000:]"`).
         batch_size: int >= 1, the global batch size.
         data_dir: a prepared TFDS directory; defaults to `$TFDS_DATA_DIR`.
         download: allow TFDS to download when the data is missing.
@@ -113,8 +114,9 @@ def load_mnist(
             (40 for the affNIST protocol).
         drop_remainder: drop the last partial batch.
     """
-    if split not in SPLITS:
-        raise ValueError(f"Received: split={split!r}; expected one of {SPLITS}")
+    if split.split("[")[0] not in SPLITS:
+        raise ValueError(
+            f"Received: split={split!r}; expected one of {SPLITS}, or a TFDS slice of one")
     if target not in TARGETS:
         raise ValueError(f"Received: target={target!r}; expected one of {TARGETS}")
     check_positive_int("batch_size", batch_size)

@@ -200,14 +200,15 @@ def load_smallnorb(
     >>> dataset = load_smallnorb("train", batch_size=32, shuffle=True, seed=1)
     >>> images, labels = next(iter(dataset))  # [32, 32, 32, 1] float32, [32] int32
     """
-    if split not in SPLITS:
-        raise ValueError(f"Received: split={split!r}; expected one of {SPLITS}")
+    if split.split("[")[0] not in SPLITS:
+        raise ValueError(
+            f"Received: split={split!r}; expected one of {SPLITS}, or a TFDS slice of one")
     check_positive_int("batch_size", batch_size)
     if num_examples is not None:
         check_positive_int("num_examples", num_examples)
     brightness_delta, contrast_range = _check_jitter(brightness_delta, contrast_range)
     if augment is None:
-        augment = split == "train"
+        augment = split.startswith("train")
 
     builder = prepared_builder(data_dir=data_dir, download=download)
     dataset = builder.as_dataset(

@@ -39,6 +39,8 @@ class InputOptions:
         seed: seeds the shuffle and the augmentation.
         data_dir: a prepared TFDS directory; None for `$TFDS_DATA_DIR`.
         download: let TFDS download missing data.
+        validation_examples: the last N digits of the training split are
+            the `"validation"` split, never trained on; 0 for none.
     """
 
     batch_size: int
@@ -46,6 +48,10 @@ class InputOptions:
     seed: int = 0
     data_dir: str = None
     download: bool = True
+    validation_examples: int = 0
+
+
+SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass
@@ -115,12 +121,40 @@ class Task:
         self.prepared_builder(options)
 
     def images(self, split, options, shuffle):
-        """A batched `tf.data.Dataset` of `(images, labels)` for `split`."""
+        """A batched `tf.data.Dataset` of `(images, labels)` for `split`.
+
+        `split` is one of `SPLITS`; read it through `tfds_split`. The
+        training pipeline (`"train"`, shuffled) is the one that augments.
+        """
         raise NotImplementedError
+
+    def tfds_split(self, split, options):
+        """The TFDS split that `split` reads under `options`.
+
+        With `options.validation_examples = N`, `"train"` is the dataset's
+        training split less its last N examples and `"validation"` those N;
+        `"test"` is the test split. Raises a ValueError naming the value
+        when the split is unknown, or when N leaves no training examples.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"Received: split={split!r}; expected one of {SPLITS}")
+        held_out = options.validation_examples
+        if split == "test" or (split == "train" and not held_out):
+            return split
+        if not held_out:
+            raise ValueError("Received: split='validation' with validation_examples=0; "
+                             "expected validation_examples >= 1 to hold a validation split out")
+        size = self.prepared_builder(options).info.splits["train"].num_examples
+        if held_out >= size:
+            raise ValueError(
+                f"Received: validation_examples={held_out}; expected fewer than the {size} "
+                "examples of the training split")
+        return f"train[:{size - held_out}]" if split == "train" else f"train[{size - held_out}:]"
 
     def num_examples(self, split, options):
         """How many examples one epoch of `split` holds under `options`."""
-        size = self.prepared_builder(options).info.splits[split].num_examples
+        size = self.prepared_builder(options).info.splits[
+            self.tfds_split(split, options)].num_examples
         return min(size, options.num_examples or size)
 
     def pretraining(self):

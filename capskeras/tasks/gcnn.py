@@ -65,7 +65,7 @@ class RotatedMnistTask(Task):
 
     def images(self, split, options, shuffle):
         return rotated_mnist.load_rotated_mnist(
-            split,
+            self.tfds_split(split, options),
             batch_size=options.batch_size,
             dataset=self.settings.rotated_dataset,
             data_dir=options.data_dir,

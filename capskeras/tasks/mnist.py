@@ -35,9 +35,9 @@ class MnistTask(Task):
                                       download=options.download)
 
     def images(self, split, options, shuffle):
-        training = split == "train"
+        training = split == "train" and shuffle
         return mnist.load_mnist(
-            split,
+            self.tfds_split(split, options),
             batch_size=options.batch_size,
             data_dir=options.data_dir,
             download=options.download,

@@ -40,8 +40,12 @@ class TrainConfig(Settings):
                           check=at_least(1), resume=FREE)
     train_examples: int = setting(0, "Use only the first N training examples; 0 for all.",
                                   check=at_least(0))
-    eval_examples: int = setting(0, "Evaluate on the first N test examples; 0 for all.",
-                                 check=at_least(0), resume=FREE)
+    validation_examples: int = setting(
+        0, "Hold out the last N training examples as a validation split, never trained on and "
+        "evaluated after every epoch; 0 for none.", check=at_least(0))
+    eval_examples: int = setting(
+        0, "Evaluate on the first N test (and validation) examples; 0 for all.",
+        check=at_least(0), resume=FREE)
     batch_size: int = setting(128, "Global batch size, split across replicas.", check=at_least(1))
     learning_rate: float = setting(
         1e-3, "Adam's initial learning rate.", check=(lambda v: v > 0, "a float > 0")

@@ -48,7 +48,7 @@ class NonFiniteLossError(RuntimeError):
 
 def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs, directory,
                 checkpoint_every_steps=0, keep=3, worker_id=0, restore_input=True,
-                callbacks=(), verbose=0, jit_compile=False):
+                callbacks=(), verbose=0, jit_compile=False, validate=None):
     """Trains a compiled `model` on `dataset` for `epochs`, resuming from `directory`.
 
     Args:
@@ -70,6 +70,8 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
         callbacks: Keras callbacks (`on_epoch_*`, `on_train_batch_end`, ...).
         verbose: 0 silent, 1 progress bar, 2 a line per epoch.
         jit_compile: compile the per-replica step with XLA.
+        validate: `() -> dict` of metrics on a held-out split, called at
+            every epoch's end and logged as `val_<name>`; None for none.
 
     Returns:
         A dict: `epochs`, `resumed_from` (None, or `{"epoch", "step",
@@ -156,8 +158,10 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
                 save(current + 1, done)
         epoch.assign_add(1)
         step.assign(0)
-        history.append({"epoch": current + 1, **logs})
+        if validate is not None:
+            logs = {**logs, **{f"val_{name}": value for name, value in validate().items()}}
         callback_list.on_epoch_end(current, logs)
+        history.append({"epoch": current + 1, **logs})
         save(current + 1, steps_per_epoch)
         if worker_id == 0:
             history_file = os.path.join(directory, HISTORY_FILE)

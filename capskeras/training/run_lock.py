@@ -56,13 +56,18 @@ class RunLock:
             ended, which this one took over; None when the lock was free.
     """
 
-    def __init__(self, path, descriptor, taken_over):
+    def __init__(self, path, descriptor, taken_over, created_directory=False):
         self.path = path
         self._descriptor = descriptor
         self.taken_over = taken_over
+        self._created_directory = created_directory
 
     def release(self):
-        """Removes the lock file, then drops the lock. Safe to call twice."""
+        """Removes the lock file, then drops the lock. Safe to call twice.
+
+        A run directory that the lock created and nothing else wrote into
+        (a request refused after the lock was taken) is removed too.
+        """
         if self._descriptor is None:
             return
         try:
@@ -71,6 +76,11 @@ class RunLock:
             pass
         os.close(self._descriptor)
         self._descriptor = None
+        if self._created_directory:
+            try:
+                os.rmdir(os.path.dirname(self.path))
+            except OSError:
+                pass  # Not empty: the run wrote there.
 
 
 def acquire(model_dir, worker=0):
@@ -83,6 +93,7 @@ def acquire(model_dir, worker=0):
         RunLockedError: a live process holds the lock, or a process on
             another host left it. The message names the holder.
     """
+    created_directory = not os.path.isdir(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     path = lock_path(model_dir, worker)
     while True:
@@ -121,7 +132,7 @@ def acquire(model_dir, worker=0):
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, json.dumps(dataclasses.asdict(this)).encode(), 0)
     os.fsync(descriptor)
-    return RunLock(path, descriptor, taken_over=previous)
+    return RunLock(path, descriptor, taken_over=previous, created_directory=created_directory)
 
 
 def _read_holder(descriptor):

@@ -114,6 +114,7 @@ def preflight(config):
                 f"Received: pretrain_only=True for {chosen}, which has no pretraining stage; "
                 "expected a model that pretrains (the study's ksparse or predcaps encoder)")
         task.check_data(_input_options(config, "train"))
+        task.tfds_split("train", _input_options(config, "train"))  # validation_examples fits
         if config.cpu_devices:
             strategies.split_host_cpu(config.cpu_devices)
     except (ValueError, TypeError, mnist.DatasetNotFoundError) as error:
@@ -183,6 +184,10 @@ class _Run:
             model = _compile(model, config, steps_per_epoch)
         data = self.task.images("train", options, shuffle=True).map(model.make_example)
         callbacks = list(callbacks)
+        validate = None
+        if self.chief and config.validation_examples:
+            validation = self._data(model, "validation")
+            validate = lambda: _evaluate(self._local(model), validation)  # noqa: E731
         if self.chief:
             log_dir = os.path.join(config.model_dir, "logs", stage_name or "")
             callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
@@ -201,6 +206,7 @@ class _Run:
             callbacks=callbacks,
             verbose=self.verbose if self.chief else 0,
             jit_compile=config.jit_compile,
+            validate=validate,
         )
         resumed = trained["resumed_from"]
         if resumed and resumed.get("skipped_damaged"):
@@ -216,9 +222,16 @@ class _Run:
             "history": trained["history"],
         }
         if self.chief:
-            metrics["test"] = _evaluate(self._local(model), self._test_data(model))
-            logging.info("%s %s test metrics: %s", config.experiment, stage_name or "model",
-                         metrics["test"])
+            local = self._local(model)
+            # The model's figures on each split in inference mode (the
+            # training split unshuffled and unaugmented, not the running
+            # average of the last epoch); a pretraining stage's on test only.
+            splits = ["test"] if stage_name else ["train", "validation", "test"]
+            for split in splits:
+                if split != "validation" or config.validation_examples:
+                    metrics[split] = _evaluate(local, self._data(model, split))
+            logging.info("%s %s metrics: %s", config.experiment, stage_name or "model",
+                         {split: metrics[split] for split in splits if split in metrics})
         return model, metrics
 
     def _steps_per_epoch(self):
@@ -246,9 +259,10 @@ class _Run:
         copy.compile(loss=copy.default_loss(), metrics=copy.default_metrics())
         return copy
 
-    def _test_data(self, model):
-        options = _input_options(self.config, "test")
-        return self.task.images("test", options, shuffle=False).map(model.make_example)
+    def _data(self, model, split):
+        """`split` unshuffled and unaugmented, as `model` takes it."""
+        options = _input_options(self.config, split)
+        return self.task.images(split, options, shuffle=False).map(model.make_example)
 
     def _finish(self, model, results):
         """The chief's files: the figure, `model.keras`, the export, `metrics.json`."""
@@ -284,6 +298,7 @@ def _input_options(config, split):
         seed=config.seed,
         data_dir=config.data_dir or None,
         download=config.download,
+        validation_examples=config.validation_examples,
     )
 
 
@@ -369,7 +384,8 @@ def main(argv):
         summary = {"experiment": results["experiment"]} | {
             name: {key: results[name].get(key) for key in ("epochs", "test")} for name in stages}
     else:
-        summary = {key: results.get(key) for key in ("experiment", "epochs", "test")}
+        summary = {key: results[key] for key in ("experiment", "epochs", "train", "validation",
+                                                 "test") if key in results}
     summary["model_dir"] = config.model_dir
     summary["export"] = results.get("export")
     print(json.dumps(summary, indent=2, default=float))
