@@ -85,6 +85,7 @@ def test_saved_svm_predicts_the_fitted_classifiers_labels(tmp_path, classes):
     np.testing.assert_allclose(loaded.decision_function(test_codes), reference,
                                rtol=1e-9, atol=1e-9)
     assert (loaded.gamma, loaded.c) == (0.1, 100.0)
+    assert loaded.predict(test_codes[:0]).shape == (0,)
     with pytest.raises(ValueError, match="codes of 15 values; expected 16"):
         loaded.predict(test_codes[:, :15])
 

@@ -112,7 +112,9 @@ class CodeSvm:
     One-vs-one, as libsvm predicts: for classes `i < j` the decision value is
     `sum_k coef_k exp(-gamma |x - sv_k|^2) + intercept_ij` over the support
     vectors of both classes; positive votes for `i`, otherwise `j`; the
-    class with the most votes wins, the first on a tie.
+    class with the most votes wins, the first on a tie. The decision values
+    match libsvm's to rounding (about 1e-15), so the labels are the same
+    unless a code lies on a boundary to that precision.
 
     Args:
         support_vectors: `[S, D]`, grouped by class in `classes` order.
@@ -137,7 +139,9 @@ class CodeSvm:
 
     def decision_function(self, codes):
         """`[N, K (K - 1) / 2]` one-vs-one decision values (libsvm's sign)."""
-        codes = np.asarray(codes, "float64").reshape(len(codes), -1)
+        codes = np.asarray(codes, "float64")
+        if codes.ndim != 2:
+            codes = codes.reshape(len(codes), -1)
         if codes.shape[1] != self.support_vectors.shape[1]:
             raise ValueError(f"Received: codes of {codes.shape[1]} values; expected "
                              f"{self.support_vectors.shape[1]}, the size the SVM was fitted on")
