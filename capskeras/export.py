@@ -5,6 +5,13 @@ Exports follow the TensorFlow Serving layout `<export_dir>/<version>/`, with
 `[None, H, W, C]` in [0, 1], runs the model in inference mode and returns the
 model's `serving_outputs` dict: always `encoding`; `probabilities` and
 `class_ids` for classifiers; `reconstruction` for decoders.
+
+The signature checks its input inside the graph, before the model runs
+(`checked_images`): a batch of another shape or holding NaN or Inf is
+refused with an error naming `images` and the expected shape. The loaded
+signature does not enforce its declared shape by itself, so the declared
+shape stays exact (`[None, H, W, C]`, what `saved_model_cli` and TensorFlow
+Serving's metadata show) and the check gives the message.
 """
 
 import os
@@ -72,7 +79,8 @@ def export_saved_model(model, export_dir, image_shape, version=None):
         archive.track(model)
         archive.add_endpoint(
             name=SIGNATURE_NAME,
-            fn=lambda images: _float32_outputs(check_serving_outputs(model.serving_outputs(images))),
+            fn=lambda images: _float32_outputs(check_serving_outputs(
+                model.serving_outputs(checked_images(images, image_shape)))),
             input_signature=[
                 tf.TensorSpec((None,) + tuple(image_shape), tf.float32, name=INPUT_NAME)
             ],
@@ -82,6 +90,42 @@ def export_saved_model(model, export_dir, image_shape, version=None):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def checked_images(images, image_shape):
+    """`images`, run only once they have the served shape and are finite.
+
+    Plain TensorFlow ops (no XLA), so TensorFlow Serving runs them: a batch
+    of another height, width, channel count or rank fails with
+    `images has shape [1, 32, 32, 1], expected [None, 28, 28, 1]`, and one
+    holding NaN or Inf with `images must be finite`, before the model runs.
+
+    Args:
+        images: the served float tensor, `[B, H, W, C]` when well formed.
+        image_shape: `(H, W, C)` the model takes.
+
+    Returns:
+        `images`, with its static shape `[None, H, W, C]`.
+    """
+    image_shape = tuple(int(size) for size in image_shape)
+    expected = "[None, " + ", ".join(str(size) for size in image_shape) + "]"
+    rank = len(image_shape) + 1
+    shape = tf.shape(images)
+    # The shape padded with -1 to rank + 1: the sizes after the batch must be
+    # `image_shape` and then -1, which also refuses a higher or lower rank
+    # without trusting the signature's static shape.
+    padded = tf.concat([shape, tf.fill([rank + 1], -1)], axis=0)[1:rank + 1]
+    well_formed = tf.reduce_all(tf.equal(padded, image_shape + (-1,)))
+    shape_check = tf.debugging.Assert(well_formed, [tf.strings.join([
+        f"{INPUT_NAME} has shape [",
+        tf.strings.reduce_join(tf.strings.as_string(shape), separator=", "),
+        f"], expected {expected}",
+    ])])
+    with tf.control_dependencies([shape_check]):
+        images = tf.identity(images)
+    images = tf.debugging.assert_all_finite(
+        images, f"{INPUT_NAME} must be finite (no NaN or Inf values)")
+    return tf.ensure_shape(images, (None,) + image_shape)
 
 
 def _float32_outputs(outputs):

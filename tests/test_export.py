@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from capskeras import export
+from capskeras import tasks
 from capskeras.models import build_study_model
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -211,3 +212,70 @@ def test_mixed_precision_model_serves_float32(tmp_path):
     assert served["encoding"].dtype == tf.float32
     assert served["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(served["probabilities"].numpy().sum(-1), 1.0, rtol=1e-3)
+
+
+# One tiny model of each family that exports differently: a study classifier
+# and decoder, CapsNet, EM capsules on smallNORB's 32x32 images,
+# and P4CNN, which exports its group convolutions folded (`serving_model()`).
+FAMILIES = {
+    "deep_bp_class": ("study", {"encoder": "deep_bp", "head": "class"}),
+    "untrained_recon": ("study", {"encoder": "untrained", "head": "recon"}),
+    "capsnet": ("capsnet", {"routing_iterations": 1}),
+    "em_capsnet_smallnorb": ("em_capsnet_smallnorb", {"em_sizes": "8,4,4,4", "em_iterations": 1}),
+    "p4cnn": ("p4cnn", {"gcnn_channels": 4}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_export(request, tmp_path_factory):
+    """`(model, image_shape, serving_default of the loaded export)` of one family."""
+    name, settings = FAMILIES[request.param]
+    task_class = tasks.get_task(name)
+    image_shape = task_class(task_class.Settings(**settings)).image_shape()
+    model = tasks.build_model(name, **settings)
+    path = export.export_saved_model(model, str(tmp_path_factory.mktemp(request.param)),
+                                     image_shape)
+    return model, image_shape, tf.saved_model.load(path).signatures["serving_default"]
+
+
+def _refusal(serve, images):
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        serve(images=tf.constant(images, tf.float32))
+    return str(info.value)
+
+
+def test_every_family_serves_good_images_and_refuses_bad_ones(family_export):
+    model, (height, width, channels), serve = family_export
+    images = np.random.default_rng(1).uniform(size=(3, height, width, channels)).astype("float32")
+    served = serve(images=tf.constant(images))
+    expected = model.serving_outputs(images)
+    assert set(served) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(served[name].numpy(), keras.ops.convert_to_numpy(value),
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
+
+    # Before the checks a NaN went through ReLU as 0 and served plausible
+    # outputs: one bad pixel in one image now refuses the batch.
+    for bad in (np.nan, np.inf, -np.inf):
+        poisoned = images.copy()
+        poisoned[1, height // 2, width // 2, 0] = bad
+        assert "images must be finite" in _refusal(serve, poisoned)
+
+    # A wrong height, width, channel count or rank fails before the model,
+    # naming the shape received and the one expected; the model's own
+    # layers gave reshape errors, and oneDNN aborted the process on rank 3.
+    expected = f"expected [None, {height}, {width}, {channels}]"
+    for shape in [(1, height + 4, width + 4, channels), (2, height, width + 1, channels),
+                  (1, height, width, 3), (height, width, channels),
+                  (1, height, width, channels, 1)]:
+        message = _refusal(serve, np.zeros(shape))
+        received = ", ".join(str(size) for size in shape)
+        assert f"images has shape [{received}], {expected}" in message, message
+
+
+def test_the_signature_still_declares_the_served_shape(family_export):
+    # The checks sit inside the graph, so the signature keeps the exact
+    # shape for saved_model_cli and TensorFlow Serving's metadata.
+    _, image_shape, serve = family_export
+    _, kwargs = serve.structured_input_signature
+    assert kwargs["images"].shape.as_list() == [None, *image_shape]

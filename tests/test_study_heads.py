@@ -3,13 +3,13 @@
 import importlib.util
 import json
 import pathlib
-import pickle
 import sys
 
 import keras
 import numpy as np
 import pytest
 
+from capskeras.evaluation import code_svm
 from capskeras.training.flags import config_from_arguments
 from capskeras.training.train import train
 
@@ -147,14 +147,16 @@ def test_a_class_head_on_the_frozen_sparsecaps_code(tmp_path):
     np.testing.assert_allclose(metrics["test_per_epoch"]["accuracy"][-1],
                                metrics["test"]["accuracy"], rtol=1e-4)
 
-    # The SVM read-out was fitted on the same frozen code: its pickled classifier
-    # scores the trained model's test codes as metrics.json says.
+    # The SVM read-out was fitted on the same frozen code: its saved classifier
+    # (arrays and JSON, no pickle) scores the trained model's test codes as
+    # metrics.json says.
     svm = results["sparsecaps_svm"]
     assert (svm["c"], svm["gamma"], svm["test_examples"]) == (100.0, 0.1, 64)
-    with open(tmp_path / "heads" / "sparsecaps_svm" / "svm.pkl", "rb") as f:
-        classifier = pickle.load(f)
+    assert sorted(p.name for p in (tmp_path / "heads" / "sparsecaps_svm").iterdir()) == [
+        "metrics.json", "svm.json", "svm.npz"]
+    classifier = code_svm.load_code_svm(str(tmp_path / "heads" / "sparsecaps_svm"))
     test_x, test_y = tool.split_arrays(tool.load_run_config(str(run_dir)), "test", 64, "")
     codes = keras.ops.convert_to_numpy(trained.serving_outputs(test_x)["encoding"])
-    assert classifier.score(codes, test_y) == pytest.approx(svm["test"]["accuracy"])
+    assert np.mean(classifier.predict(codes) == test_y) == pytest.approx(svm["test"]["accuracy"])
     saved = json.loads((tmp_path / "heads" / "sparsecaps_svm" / "metrics.json").read_text())
     assert saved["test"] == svm["test"] and saved["read_out"] == "rbf_svm"

@@ -119,7 +119,7 @@ def markdown(report):
 def _load(spec):
     if spec in BUILDERS:
         return BUILDERS[spec]()
-    return keras.saving.load_model(spec)
+    return keras.saving.load_model(spec, safe_mode=True)
 
 
 def main():

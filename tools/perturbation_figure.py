@@ -75,7 +75,7 @@ def load_capsnet(model_dir, untrained=False, seed=0):
             f"Received: model_dir={model_dir!r} without model.keras; expected the "
             "model directory of a trained CapsNet (capskeras-train --model=capsnet)"
         )
-    model = keras.saving.load_model(path)
+    model = keras.saving.load_model(path, safe_mode=True)
     if not isinstance(model, CapsNet):
         raise ValueError(
             f"Received: model_dir={model_dir!r} holding a {type(model).__name__}; "

@@ -35,7 +35,9 @@ run `enc_<encoder>_dec_...`, or `<experiment>_<head>`.
 
 `--svm` also fits Sparse Unsupervised Capsules' read-out, an RBF SVM
 (C=100, gamma=0.1), on the same codes: `<output_dir>/<experiment>_svm/`
-holds its `metrics.json` and the pickled classifier `svm.pkl`.
+holds its `metrics.json` and the classifier as `svm.npz` and `svm.json`,
+arrays and JSON that load without running code
+(`capskeras.evaluation.code_svm.load_code_svm`).
 
 `--predcaps_inference_k=8,8,16` reads a PredCaps run's code with more
 winners per position at inference than it trained with, from the same
@@ -46,7 +48,6 @@ rounds at inference (one upward pass). `metrics.json` records both under
 
 import json
 import os
-import pickle
 import re
 import time
 
@@ -305,11 +306,9 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
 
 
 def _fit_svm(name, directory, run_dir, encoder_name, source, train, test, c, gamma):
-    """Fits the SVM read-out; writes `metrics.json` and the classifier as `svm.pkl`."""
+    """Fits the SVM read-out; writes `metrics.json` and the classifier (`svm.npz`, `svm.json`)."""
     fitted = code_svm.fit_code_svm(*train, *test, c=c, gamma=gamma)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "svm.pkl"), "wb") as f:
-        pickle.dump(fitted.pop("classifier"), f)
+    code_svm.save_code_svm(fitted.pop("classifier"), directory)
     metrics = {"experiment": name, "run_dir": run_dir, "encoder": encoder_name,
                "read_out": "rbf_svm", "encoder_source": source, "train_examples": len(train[0]),
                "test_examples": len(test[0]), **fitted,

@@ -183,7 +183,7 @@ def load_code_model(path, name=None):
             "(as capskeras-train writes it) or a .keras file"
         )
     name = name or os.path.basename(os.path.normpath(path)).removesuffix(".keras")
-    return code_model_from_keras(keras.saving.load_model(file), name, path)
+    return code_model_from_keras(keras.saving.load_model(file, safe_mode=True), name, path)
 
 
 # --- perturbation sweeps -------------------------------------------------------------

@@ -172,7 +172,7 @@ def _load_saved_model(version_dir, name):
 
 
 def _load_keras_model(model_file, model_path, name):
-    model = keras.saving.load_model(model_file)
+    model = keras.saving.load_model(model_file, safe_mode=True)
     try:
         check_servable(model)
     except TypeError as error:

@@ -104,7 +104,7 @@ def load_judge(path):
             f"Received: judge path {path!r} without {JUDGE_FILE}; expected the output "
             "directory of tools/train_judge.py"
         )
-    return keras.saving.load_model(file)
+    return keras.saving.load_model(file, safe_mode=True)
 
 
 def judge_probabilities(judge, images, batch_size=512):

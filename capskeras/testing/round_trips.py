@@ -20,7 +20,7 @@ def assert_keras_round_trip(model, inputs, atol=1e-6):
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model.keras")
         model.save(path)
-        reloaded = keras.saving.load_model(path)
+        reloaded = keras.saving.load_model(path, safe_mode=True)
     assert type(reloaded) is type(model), (type(reloaded), type(model))
     # JSON turns tuples into lists; compare the configs as saved.
     assert _as_json(reloaded.get_config()) == _as_json(model.get_config())
