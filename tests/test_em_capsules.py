@@ -287,6 +287,9 @@ def test_em_capsnet_training_lowers_the_loss_and_moves_the_margin():
 
 
 def test_em_capsnet_exports_the_serving_contract(tmp_path):
+    # Seeded: some random kernels put a routing decision on a knife edge, where
+    # the graph's and eager's float rounding tip it apart.
+    keras.utils.set_random_seed(0)
     model = tiny_model()
     images = np.random.default_rng(7).uniform(size=(3, 20, 20, 1)).astype("float32")
     path = export_saved_model(model, str(tmp_path / "export"), (20, 20, 1))
