@@ -90,17 +90,17 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
         tf.train.Checkpoint(**state, input=iterator), directory, max_to_keep=keep)
     resumed_from = None
     history = []
-    if manager.latest_checkpoint:
+    checkpoint = _common_checkpoint(strategy, manager, worker_id, keep)
+    if checkpoint:
         restored = tf.train.Checkpoint(**state, **({"input": iterator} if restore_input else {}))
-        restored.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        restored.restore(checkpoint).assert_existing_objects_matched()
         if not restore_input:
             step.assign(0)  # The current epoch starts over in a fresh pipeline.
         resumed_from = {"epoch": int(epoch.numpy()), "step": int(step.numpy())}
         history = [record for record in _read_history(directory)
                    if record["epoch"] <= resumed_from["epoch"]]
         logging.info("Resuming %s from epoch %d, step %d of %d (%s)", model.name,
-                     resumed_from["epoch"], resumed_from["step"], steps_per_epoch,
-                     manager.latest_checkpoint)
+                     resumed_from["epoch"], resumed_from["step"], steps_per_epoch, checkpoint)
     _check_workers_agree(strategy, int(epoch.numpy()) * steps_per_epoch + int(step.numpy()))
 
     train_step = _train_function(model, strategy, jit_compile, worker_id)
@@ -219,6 +219,46 @@ def _seed_states(model):
     states = [variable for variable in model.variables
               if variable.path.endswith("seed_generator_state")]
     return {f"{index:02d}": variable for index, variable in enumerate(states)}
+
+
+def _common_checkpoint(strategy, manager, worker_id, keep):
+    """The newest checkpoint of `manager` that every worker holds; None if none holds any.
+
+    A worker lost mid-run may have missed the last checkpoint its peers
+    wrote, or written one they missed: all then resume from the newest step
+    they share, if each still keeps it (the newest `keep`).
+
+    Raises:
+        RuntimeError: the workers hold checkpoints, but no step in common.
+    """
+    workers, local_replicas = replicas_per_worker(strategy)
+    if workers == 1:
+        return manager.latest_checkpoint
+    paths = {int(path.rsplit("-", 1)[1]): path for path in manager.checkpoints}
+    steps = sorted(paths)[-keep:]
+    # Every worker fills its own row (steps + 1, 0 for none): their SUM is all rows.
+    rows = np.zeros((workers, keep), np.int64)
+    rows[worker_id, :len(steps)] = np.asarray(steps, np.int64) + 1
+    value = tf.constant(rows.ravel())
+    per_replica = strategy.run(lambda: tf.identity(value))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+    rows = total.reshape(workers, keep) // local_replicas
+    held = [{int(v) - 1 for v in row if v} for row in rows]
+    common = set.intersection(*held)
+    if common:
+        step = max(common)
+        if paths[step] != manager.latest_checkpoint:
+            logging.warning("Worker %d resumes from %s, the newest step every worker holds, "
+                            "not from its newer %s", worker_id, paths[step],
+                            manager.latest_checkpoint)
+        return paths[step]
+    if not any(held):
+        return None
+    raise RuntimeError(
+        "The workers hold no checkpoint of a common step (their steps, by worker: "
+        f"{[sorted(steps) for steps in held]}); every worker must resume from the same one. "
+        "Expected the same --model_dir with all workers' checkpoints, or a new --model_dir"
+    )
 
 
 def _check_workers_agree(strategy, position):

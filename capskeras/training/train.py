@@ -54,12 +54,20 @@ def train(config):
     Raises:
         ConfigurationError: anything wrong with the request, before any work.
         loop.NonFiniteLossError: the loss became NaN or infinite.
+        strategy.LostWorkerError: a `multi_worker` run lost a peer worker,
+            or a collective outlasted `collective_timeout_seconds`.
     """
     changes = preflight(config)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
         return _Run(config, changes).run()
+    except tf.errors.OpError as error:
+        lost = config.distribution_strategy == "multi_worker" and strategies.peer_lost(
+            error, config.collective_timeout_seconds)
+        if lost:
+            raise lost from error
+        raise
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -116,7 +124,8 @@ class _Run:
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(config.seed)
-        self.strategy = strategies.make_strategy(config.distribution_strategy)
+        self.strategy = strategies.make_strategy(
+            config.distribution_strategy, config.collective_timeout_seconds)
         self.steps_per_epoch = self._steps_per_epoch()
         if self.chief:
             run_dir.record_start(config, self.changes)
@@ -320,6 +329,8 @@ def main(argv):
         _fail(error, 2)
     except loop.NonFiniteLossError as error:
         _fail(error, 3)
+    except strategies.LostWorkerError as error:
+        _fail(error, 4)
     if config.pretrain_only:
         stages = [stage.name for stage in config.task().pretraining()]
         summary = {"experiment": results["experiment"]} | {
