@@ -539,6 +539,7 @@ def test_xla_and_mixed_precision_training_serves_float32(tmp_path):
         (dict(head="segmentation"), "head='segmentation'; expected one of"),
         (dict(distribution_strategy="parameter_server"), "distribution_strategy='parameter_server'"),
         (dict(epochs=0), "epochs=0; expected an int >= 1"),
+        (dict(collective_timeout_seconds=-1), "collective_timeout_seconds=-1; expected an int >= 0"),
         (dict(learning_rate=-1.0), "learning_rate=-1.0; expected a float > 0"),
         (dict(pad_to=20), "pad_to=20; expected 0 or an int >= 28"),
         (dict(ksparse_k=(1, 2)), r"ksparse_k=\(1, 2\); expected three ints"),
