@@ -449,7 +449,7 @@ def _forget_newest_checkpoint(directory):
 
 
 def test_a_lost_worker_stops_its_peer_and_both_resume_to_the_same_weights(tmp_path):
-    """SIGKILL one of two workers mid-epoch: the other exits 4 at once; restarted, both finish."""
+    """SIGKILL one of two workers mid-epoch: the other exits 4 in seconds; restarted, both finish."""
     arguments = [
         "--model=lenet5", "--epochs=1", "--train_examples=768", "--eval_examples=64",
         "--batch_size=32", "--translate_pixels=2", "--verbose=0", "--checkpoint_every_steps=4",
@@ -463,7 +463,7 @@ def test_a_lost_worker_stops_its_peer_and_both_resume_to_the_same_weights(tmp_pa
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             workers.append(_run_cli(
                 [*arguments, "--distribution_strategy=multi_worker",
-                 "--collective_timeout_seconds=10", f"--model_dir={model_dir}"],
+                 "--collective_timeout_seconds=20", f"--model_dir={model_dir}"],
                 tmp_path / f"{name}-{index}.log", env={**os.environ, "TF_CONFIG": tf_config},
             ))
         return workers
@@ -471,8 +471,6 @@ def test_a_lost_worker_stops_its_peer_and_both_resume_to_the_same_weights(tmp_pa
     workers = start_workers("killed")
     state = model_dir / "checkpoints" / "worker-1" / "checkpoint"
     try:
-        # The uninterrupted run, on one worker, while the workers start.
-        train(config_from_arguments([*arguments, f"--model_dir={tmp_path / 'single'}"]))
         # Worker 1 has written ckpt-4 and ckpt-8 of the epoch's 24 steps.
         deadline = time.monotonic() + 240
         while (not (state.exists() and '"ckpt-8"' in state.read_text())
@@ -487,7 +485,7 @@ def test_a_lost_worker_stops_its_peer_and_both_resume_to_the_same_weights(tmp_pa
         for process in workers:
             process.kill()
     worker_steps = _checkpoint_steps(state.parent)
-    assert 8 in worker_steps and max(worker_steps) < 24, "worker 1 was not killed mid-epoch"
+    assert len(worker_steps) >= 2 and max(worker_steps) < 24, "worker 1 was not killed mid-epoch"
     survivor_log = (tmp_path / "killed-0.log").read_text()
     assert survivor_code == 4, survivor_log[-3000:]
     assert "A peer worker was lost" in survivor_log, survivor_log[-3000:]
@@ -501,6 +499,8 @@ def test_a_lost_worker_stops_its_peer_and_both_resume_to_the_same_weights(tmp_pa
     common = max(set(_checkpoint_steps(model_dir / "checkpoints")) & set(worker_steps[:-1]))
     workers = start_workers("resumed")
     try:
+        # The uninterrupted run, on one worker, while the workers start.
+        train(config_from_arguments([*arguments, f"--model_dir={tmp_path / 'single'}"]))
         for index, process in enumerate(workers):
             assert process.wait(timeout=300) == 0, (
                 tmp_path / f"resumed-{index}.log").read_text()[-3000:]
@@ -510,7 +510,7 @@ def test_a_lost_worker_stops_its_peer_and_both_resume_to_the_same_weights(tmp_pa
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["resumed_from"] == {"epoch": 0, "step": common}
-    assert json.loads((model_dir / "config.json").read_text())["collective_timeout_seconds"] == 10
+    assert json.loads((model_dir / "config.json").read_text())["collective_timeout_seconds"] == 20
     chief = _checkpoint_weights(model_dir / "checkpoints" / "ckpt-24")
     other = _checkpoint_weights(model_dir / "checkpoints" / "worker-1" / "ckpt-24")
     assert chief.keys() == other.keys() and len(chief) >= 8

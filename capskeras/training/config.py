@@ -68,7 +68,7 @@ class TrainConfig(Settings):
     )
     collective_timeout_seconds: int = setting(
         0, "multi_worker: a collective that waits longer than this for a peer worker fails "
-        "(exit code 4); 0 for none. Costs a thread per collective while it waits.",
+        "(exit code 4); 0 for none. TensorFlow holds a thread per collective this long.",
         check=at_least(0), resume=FREE,
     )
     cpu_devices: int = setting(

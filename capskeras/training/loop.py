@@ -23,7 +23,8 @@ that no replica gets an empty one.
 Checkpoints are written at the end of every epoch and every
 `checkpoint_every_steps` steps. Under several workers every worker writes
 one (its iterator's position is its own): the chief into `directory`,
-worker i into `directory/worker-i`.
+worker i into `directory/worker-i`; restarted, they all resume from the
+newest checkpoint every one of them holds.
 """
 
 import json

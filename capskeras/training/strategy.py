@@ -99,7 +99,7 @@ class LostWorkerError(RuntimeError):
 # error aborts it.
 _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                 tf.errors.AbortedError)
-_CAUSES = ("aborted by", "unhealthy", "heartbeat", "timed out", "onnection", "Socket closed")
+_CAUSES = ("aborted by", "unhealthy", "heartbeat", "timed out", "connection", "socket closed")
 
 
 def peer_lost(error, collective_timeout_seconds):
@@ -114,7 +114,7 @@ def peer_lost(error, collective_timeout_seconds):
     if not isinstance(error, _PEER_ERRORS) or sum(map(len, cluster.values())) < 2:
         return None
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    cause = next((line for line in lines if any(word in line for word in _CAUSES)),
+    cause = next((line for line in lines if any(word in line.lower() for word in _CAUSES)),
                  lines[-1] if lines else "")
     cause = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", cause)
     timeout = (f"collective_timeout_seconds={collective_timeout_seconds}"
