@@ -431,6 +431,101 @@ def test_two_workers_train_in_step_and_match_one_worker(tmp_path):
     assert differences.max() < 5e-3
 
 
+def _checkpoint_steps(directory):
+    """The steps of the checkpoints the `CheckpointManager` of `directory` keeps."""
+    state = tf.train.get_checkpoint_state(str(directory))
+    return [int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths]
+
+
+def _forget_newest_checkpoint(directory):
+    """Leaves `directory` as if its worker died just before its newest save."""
+    from google.protobuf import text_format
+
+    state = tf.train.get_checkpoint_state(str(directory))
+    newest = pathlib.Path(state.all_model_checkpoint_paths[-1]).name
+    del state.all_model_checkpoint_paths[-1]
+    del state.all_model_checkpoint_timestamps[-1]
+    state.model_checkpoint_path = state.all_model_checkpoint_paths[-1]
+    (directory / "checkpoint").write_text(text_format.MessageToString(state))
+    for path in directory.glob(f"{newest}.*"):
+        path.unlink()
+
+
+def test_a_lost_worker_stops_its_peer_and_both_resume_to_the_same_weights(tmp_path):
+    """SIGKILL one of two workers mid-epoch: the other exits 4 in seconds; restarted, both finish."""
+    arguments = [
+        "--model=lenet5", "--epochs=1", "--train_examples=768", "--eval_examples=64",
+        "--batch_size=32", "--translate_pixels=2", "--verbose=0", "--checkpoint_every_steps=4",
+    ]
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    model_dir = tmp_path / "cluster"
+
+    def start_workers(name):
+        workers = []
+        for index in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            workers.append(_run_cli(
+                [*arguments, "--distribution_strategy=multi_worker",
+                 "--collective_timeout_seconds=20", f"--model_dir={model_dir}"],
+                tmp_path / f"{name}-{index}.log", env={**os.environ, "TF_CONFIG": tf_config},
+            ))
+        return workers
+
+    workers = start_workers("killed")
+    state = model_dir / "checkpoints" / "worker-1" / "checkpoint"
+    try:
+        # Worker 1 has written ckpt-4 and ckpt-8 of the epoch's 24 steps.
+        deadline = time.monotonic() + 240
+        while (not (state.exists() and '"ckpt-8"' in state.read_text())
+               and workers[1].poll() is None and time.monotonic() < deadline):
+            time.sleep(0.02)
+        workers[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        workers[1].wait()
+        survivor_code = workers[0].wait(timeout=120)
+        lost_after = time.monotonic() - killed_at
+    finally:
+        for process in workers:
+            process.kill()
+    worker_steps = _checkpoint_steps(state.parent)
+    assert len(worker_steps) >= 2 and max(worker_steps) < 24, "worker 1 was not killed mid-epoch"
+    survivor_log = (tmp_path / "killed-0.log").read_text()
+    assert survivor_code == 4, survivor_log[-3000:]
+    assert "A peer worker was lost" in survivor_log, survivor_log[-3000:]
+    assert "start every worker again with the same command" in survivor_log
+    assert lost_after < 30, lost_after
+    assert not (model_dir / "metrics.json").exists()
+
+    # As if worker 1 had died just before its newest save: the workers then
+    # hold different newest checkpoints and must agree on an older one.
+    _forget_newest_checkpoint(state.parent)
+    common = max(set(_checkpoint_steps(model_dir / "checkpoints")) & set(worker_steps[:-1]))
+    workers = start_workers("resumed")
+    try:
+        # The uninterrupted run, on one worker, while the workers start.
+        train(config_from_arguments([*arguments, f"--model_dir={tmp_path / 'single'}"]))
+        for index, process in enumerate(workers):
+            assert process.wait(timeout=300) == 0, (
+                tmp_path / f"resumed-{index}.log").read_text()[-3000:]
+    finally:
+        for process in workers:
+            process.kill()
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["resumed_from"] == {"epoch": 0, "step": common}
+    assert json.loads((model_dir / "config.json").read_text())["collective_timeout_seconds"] == 20
+    chief = _checkpoint_weights(model_dir / "checkpoints" / "ckpt-24")
+    other = _checkpoint_weights(model_dir / "checkpoints" / "worker-1" / "ckpt-24")
+    assert chief.keys() == other.keys() and len(chief) >= 8
+    assert all(np.array_equal(chief[name], other[name]) for name in chief)
+    # The uninterrupted single worker, up to float rounding (see the test above).
+    differences = np.concatenate([
+        np.abs(a - b).ravel()
+        for a, b in zip(final_weights(model_dir), final_weights(tmp_path / "single"))])
+    assert np.percentile(differences, 99.9) < 1e-4
+    assert differences.max() < 5e-3
+
+
 def test_xla_and_mixed_precision_training_serves_float32(tmp_path):
     results = train(tiny_config(tmp_path, head="recon", jit_compile=True, precision="mixed_bfloat16"))
     assert np.isfinite(results["test"]["mse"])
@@ -447,6 +542,7 @@ def test_xla_and_mixed_precision_training_serves_float32(tmp_path):
         (dict(head="segmentation"), "head='segmentation'; expected one of"),
         (dict(distribution_strategy="parameter_server"), "distribution_strategy='parameter_server'"),
         (dict(epochs=0), "epochs=0; expected an int >= 1"),
+        (dict(collective_timeout_seconds=-1), "collective_timeout_seconds=-1; expected an int >= 0"),
         (dict(learning_rate=-1.0), "learning_rate=-1.0; expected a float > 0"),
         (dict(pad_to=20), "pad_to=20; expected 0 or an int >= 28"),
         (dict(ksparse_k=(1, 2)), r"ksparse_k=\(1, 2\); expected three ints"),

@@ -58,12 +58,14 @@ def candidates(manager):
     return sorted(listed, key=lambda path: checkpoint_number(path) or 0, reverse=True)
 
 
-def restore_newest_readable(checkpoint, manager):
+def restore_newest_readable(checkpoint, manager, newest=None):
     """Restores the newest readable checkpoint of `manager` into `checkpoint`.
 
     Args:
         checkpoint: the `tf.train.Checkpoint` to restore into.
         manager: the `tf.train.CheckpointManager` of the run's directory.
+        newest: a checkpoint prefix; only it and older ones are tried (the
+            newest one every worker of a cluster holds). None for no limit.
 
     Returns:
         `(path, skipped)`: the restored checkpoint's prefix (None when the
@@ -76,6 +78,8 @@ def restore_newest_readable(checkpoint, manager):
     """
     skipped = []
     for path in candidates(manager):
+        if newest and checkpoint_number(path) > checkpoint_number(newest):
+            continue
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, ValueError, IndexError, AssertionError) as error:

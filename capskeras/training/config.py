@@ -70,6 +70,11 @@ class TrainConfig(Settings):
         "default", "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
         choices=STRATEGIES,
     )
+    collective_timeout_seconds: int = setting(
+        0, "multi_worker: a collective that waits longer than this for a peer worker fails "
+        "(exit code 4); 0 for none. TensorFlow holds a thread per collective this long.",
+        check=at_least(0), resume=FREE,
+    )
     cpu_devices: int = setting(
         0, "Split the host CPU into N logical devices (to try mirrored on one CPU); 0 leaves it whole.",
         check=at_least(0),

@@ -23,7 +23,8 @@ that no replica gets an empty one.
 Checkpoints are written at the end of every epoch and every
 `checkpoint_every_steps` steps. Under several workers every worker writes
 one (its iterator's position is its own): the chief into `directory`,
-worker i into `directory/worker-i`.
+worker i into `directory/worker-i`; restarted, they all resume from the
+newest checkpoint every one of them holds.
 """
 
 import json
@@ -40,6 +41,10 @@ from capskeras.files import write_text_atomically
 from capskeras.training import checkpoints
 
 HISTORY_FILE = "history.json"
+
+
+class WorkersDisagreeError(RuntimeError):
+    """The workers of a cluster hold no checkpoint of a common step to resume from."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,7 +109,9 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
     resumed_from = None
     history = []
     restored = tf.train.Checkpoint(**state, **({"input": iterator} if restore_input else {}))
-    path, skipped = checkpoints.restore_newest_readable(restored, manager)
+    workers, _ = replicas_per_worker(strategy)
+    common = _common_checkpoint(strategy, manager, worker_id, keep) if workers > 1 else None
+    path, skipped = checkpoints.restore_newest_readable(restored, manager, newest=common)
     if path:
         if skipped:
             manager = make_manager()  # Its list no longer holds the damaged ones.
@@ -243,6 +250,44 @@ def _seed_states(model):
     return {f"{index:02d}": variable for index, variable in enumerate(states)}
 
 
+def _common_checkpoint(strategy, manager, worker_id, keep):
+    """The newest checkpoint of `manager` that every worker holds; None if none holds any.
+
+    A worker lost mid-run may have missed the last checkpoint its peers
+    wrote, or written one they missed: all then resume from the newest step
+    they share, if each still keeps it (the newest `keep`).
+
+    Raises:
+        WorkersDisagreeError: the workers hold checkpoints, but no step in common.
+    """
+    workers, local_replicas = replicas_per_worker(strategy)
+    paths = {int(path.rsplit("-", 1)[1]): path for path in manager.checkpoints}
+    steps = sorted(paths)[-keep:]
+    # Every worker fills its own row (steps + 1, 0 for none): their SUM is all rows.
+    rows = np.zeros((workers, keep), np.int64)
+    rows[worker_id, :len(steps)] = np.asarray(steps, np.int64) + 1
+    value = tf.constant(rows.ravel())
+    per_replica = strategy.run(lambda: tf.identity(value))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+    rows = total.reshape(workers, keep) // local_replicas
+    held = [{int(v) - 1 for v in row if v} for row in rows]
+    common = set.intersection(*held)
+    if common:
+        step = max(common)
+        if paths[step] != manager.latest_checkpoint:
+            logging.warning("Worker %d resumes from %s, the newest step every worker holds, "
+                            "not from its newer %s", worker_id, paths[step],
+                            manager.latest_checkpoint)
+        return paths[step]
+    if not any(held):
+        return None
+    raise WorkersDisagreeError(
+        "The workers hold no checkpoint of a common step (their steps, by worker: "
+        f"{[sorted(steps) for steps in held]}); every worker must resume from the same one. "
+        "Expected the same --model_dir with all workers' checkpoints, or a new --model_dir"
+    )
+
+
 def _check_workers_agree(strategy, position):
     """Raises unless every worker resumes from the same step (all start together)."""
     workers, _ = replicas_per_worker(strategy)
@@ -255,7 +300,7 @@ def _check_workers_agree(strategy, position):
     total, squares, count = (int(v) for v in strategy.reduce(
         tf.distribute.ReduceOp.SUM, per_replica, axis=None))
     if total * total != count * squares:
-        raise RuntimeError(
+        raise WorkersDisagreeError(
             f"The workers' checkpoints are at different steps (this one at {position}); "
             "every worker must resume from the same one. Expected the same --model_dir with "
             "all workers' checkpoints, or a new --model_dir"

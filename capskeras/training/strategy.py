@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import tensorflow as tf
 
@@ -59,7 +60,7 @@ def check_strategy(name):
             )
 
 
-def make_strategy(name):
+def make_strategy(name, collective_timeout_seconds=0):
     """The `tf.distribute` strategy called `name`.
 
     - `default`: no distribution, the current default strategy.
@@ -68,6 +69,14 @@ def make_strategy(name):
     - `multi_worker`: `MultiWorkerMirroredStrategy` with collective ops
       across the workers `TF_CONFIG` names (a single local worker without
       one). Every worker runs the same command with its own `TF_CONFIG`.
+
+    Args:
+        name: one of `STRATEGIES`.
+        collective_timeout_seconds: `multi_worker` only: a collective that
+            waits longer than this for its peers raises
+            `tf.errors.DeadlineExceededError`; 0 sets no timeout. Either way
+            TensorFlow's coordination service notices a worker that stops
+            sending heartbeats (see `peer_lost`).
     """
     check_strategy(name)
     if name == "default":
@@ -75,7 +84,47 @@ def make_strategy(name):
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=collective_timeout_seconds or None)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+class LostWorkerError(RuntimeError):
+    """A peer worker died or stopped answering; the cluster cannot go on without it."""
+
+
+# What a collective raises when a peer is lost: UNAVAILABLE when its connection
+# drops or the coordination service misses its heartbeats, DEADLINE_EXCEEDED
+# when a heartbeat or the collective itself times out, ABORTED when a peer's
+# error aborts it.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError)
+_CAUSES = ("aborted by", "unhealthy", "heartbeat", "timed out", "connection", "socket closed")
+
+
+def peer_lost(error, collective_timeout_seconds):
+    """A `LostWorkerError` for `error` of a `multi_worker` run, or None if not a lost peer.
+
+    Args:
+        error: the `tf.errors.OpError` the run raised.
+        collective_timeout_seconds: the run's collective timeout, for the
+            message.
+    """
+    cluster = _tf_config().get("cluster", {})
+    if not isinstance(error, _PEER_ERRORS) or sum(map(len, cluster.values())) < 2:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in lines if any(word in line.lower() for word in _CAUSES)),
+                 lines[-1] if lines else "")
+    cause = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", cause)
+    timeout = (f"collective_timeout_seconds={collective_timeout_seconds}"
+               if collective_timeout_seconds else "no collective timeout set")
+    return LostWorkerError(
+        f"A peer worker was lost or a collective timed out ({timeout}); training stopped. "
+        f"{type(error).__name__}: {cause[:500].rstrip('.')}. To resume, start every worker "
+        "again with the same command, each with its TF_CONFIG: all go on from the newest "
+        "checkpoint they all hold."
+    )
 
 
 def _tf_config():

@@ -18,8 +18,9 @@ writes a run.
 Exit codes of `capskeras-train`: 0 done; 2 a bad request (a bad value,
 missing data, a run directory another trainer holds or whose checkpoints
 cannot be read), before anything is written; 3 the loss became NaN or
-infinite; 5 a checkpoint, model or export could not be written (a full
-disk), the earlier ones kept.
+infinite; 4 a multi-worker run lost a peer (start every worker again);
+5 a checkpoint, model or export could not be written (a full disk), the
+earlier ones kept.
 """
 
 import json
@@ -70,6 +71,8 @@ def train(config):
         loop.NonFiniteLossError: the loss became NaN or infinite.
         capskeras.files.WriteError: a checkpoint, the model or the export
             could not be written; the earlier ones are kept.
+        strategy.LostWorkerError: a `multi_worker` run lost a peer worker,
+            or a collective outlasted `collective_timeout_seconds`.
     """
     changes = preflight(config)
     worker = strategies.worker_index() if config.distribution_strategy == "multi_worker" else 0
@@ -81,8 +84,14 @@ def train(config):
     keras.config.set_dtype_policy(config.precision)
     try:
         return _Run(config, changes, lock).run()
-    except checkpoints.UnreadableCheckpointError as error:
+    except (checkpoints.UnreadableCheckpointError, loop.WorkersDisagreeError) as error:
         raise ConfigurationError(str(error)) from error
+    except tf.errors.OpError as error:
+        lost = config.distribution_strategy == "multi_worker" and strategies.peer_lost(
+            error, config.collective_timeout_seconds)
+        if lost:
+            raise lost from error
+        raise
     finally:
         keras.config.set_dtype_policy(previous_policy)
         lock.release()
@@ -142,7 +151,8 @@ class _Run:
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(config.seed)
-        self.strategy = strategies.make_strategy(config.distribution_strategy)
+        self.strategy = strategies.make_strategy(
+            config.distribution_strategy, config.collective_timeout_seconds)
         self.steps_per_epoch = self._steps_per_epoch()
         if self.chief:
             run_dir.record_start(config, self.changes)
@@ -377,6 +387,8 @@ def main(argv):
         _fail(error, 2)
     except loop.NonFiniteLossError as error:
         _fail(error, 3)
+    except strategies.LostWorkerError as error:
+        _fail(error, 4)
     except WriteError as error:
         _fail(error, 5)
     if config.pretrain_only:
