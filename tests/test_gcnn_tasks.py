@@ -52,3 +52,16 @@ def test_p4cnn_trains_and_exports_plain_convolutions(tmp_path):
            loaded.signatures["serving_default"].graph.as_graph_def().library.function
            for node in function.node_def}
     assert "Conv2D" in ops and "GatherV2" not in ops
+
+
+def test_p4cnn_trains_on_upright_mnist_with_its_validation_split(tmp_path):
+    config = TrainConfig.from_flat(
+        model="p4cnn", rotated_dataset="mnist", train_examples=128, eval_examples=64,
+        validation_examples=5000, batch_size=64, epochs=1, verbose=0,
+        model_dir=str(tmp_path / "run"))
+    options = tasks.InputOptions(batch_size=64, validation_examples=5000)
+    assert config.task().num_examples("train", options) == 55000
+    assert config.task().num_examples("validation", options) == 5000
+    metrics = train(config)
+    assert set(metrics) >= {"train", "validation", "test"}
+    assert "val_accuracy" in metrics["history"][0]

@@ -111,6 +111,8 @@ def test_regenerated_set_is_deterministic_by_seed(regen_dir, tmp_path):
     other, other_angles = rotated_mnist.regenerated_draw(4, **TINY)
     np.testing.assert_array_equal(angles["test"], [e["angle"] for e in first])
     assert not np.array_equal(chosen["test"], other["test"])
+    assert all(e["source"].startswith(b"train/") for e in _examples(
+        regen_dir, RotatedMnistRegenConfig(name="tiny_seed3", seed=3, **TINY), "train"))
     assert not np.array_equal(angles["train"], other_angles["train"])
 
 
@@ -138,5 +140,16 @@ def test_bad_arguments():
         load_rotated_mnist("train", batch_size=2, dataset="mnist_rot")
     with pytest.raises(ValueError, match="at most 70000"):
         RotatedMnistRegenConfig(name="big", train_examples=60000, test_examples=20000)
+    with pytest.raises(ValueError, match="train_examples=60001; expected at most 60000"):
+        RotatedMnistRegenConfig(name="big", train_examples=60001, test_examples=10)
     with pytest.raises(ValueError, match="seed=-1"):
         RotatedMnistRegenConfig(name="bad", seed=-1)
+
+
+def test_the_regenerated_training_digits_are_never_mnist_test_digits():
+    chosen, _ = rotated_mnist.regenerated_draw(0, 12000, 50000)
+    assert chosen["train"].max() < 60000
+    assert not set(chosen["train"]) & set(chosen["test"])
+    assert len(chosen["train"]) == 12000 and len(chosen["test"]) == 50000
+    # Every MNIST test digit not drawn for testing is simply unused.
+    assert (chosen["test"] >= 60000).sum() <= 10000

@@ -65,7 +65,7 @@ def test_every_experiment_has_its_flagfile():
     study = [f"enc_{encoder}_dec_{head}" for encoder in ("untrained", "deep_bp", "ksparse")
              for head in ("recon", "class")]
     capsules = ["capsnet_mnist", "capsnet_affnist", "lenet5_mnist", "cnn_baseline_affnist"]
-    groups = ["p4cnn_rotated_mnist", "z2cnn_rotated_mnist"]
+    groups = ["p4cnn_rotated_mnist", "z2cnn_rotated_mnist", "p4cnn_mnist"]
     predcaps = [f"enc_predcaps{ablation}_dec_{head}" for head in ("recon", "class")
                 for ablation in ("", "_layernorm", "_units", "_nofeedback")]
     sparsecaps = ["sparsecaps_mnist", "sparsecaps_affnist"]

@@ -12,8 +12,10 @@ Two TFDS builders, registered when `capskeras.data` is imported:
   in [0, 1] in row-major order; they are stored as uint8 (`round(255 v)`).
 - `rotated_mnist_regen`: a regenerated stand-in for machines that cannot
   download MNIST-rot. It is NOT the MNIST-rot set: it draws 12,000
-  training and 50,000 test digits without overlap from the 70,000 real
-  MNIST digits (TFDS `mnist`, train then test) and rotates each about its
+  training digits from MNIST's 60,000 training digits and 50,000 test
+  digits from the other 58,000 real MNIST digits (TFDS `mnist`, train then
+  test), so that a model trained on it never saw an MNIST test digit
+  upright or rotated, and rotates each about its
   centre by an angle uniform in [0, 360) degrees, with bilinear sampling
   and black fill (`capskeras.data.transforms.rotate`). Digits, angles and
   images are a function of the config's `seed`; every example carries its
@@ -47,7 +49,7 @@ DATASETS = ("rotated_mnist_regen", "rotated_mnist")
 TRAIN_FILE = "mnist_all_rotation_normalized_float_train_valid.amat"
 TEST_FILE = "mnist_all_rotation_normalized_float_test.amat"
 MNIST_SIZES = (("train", 60000), ("test", 10000))
-REGEN_VERSION = "1.0.0"
+REGEN_VERSION = "1.1.0"
 
 _CITATION = """\
 @inproceedings{larochelle2007empirical,
@@ -150,7 +152,8 @@ class RotatedMnistRegenConfig(tfds.core.BuilderConfig):
     """Which digits and angles the regenerated set draws.
 
     Args:
-        train_examples: int >= 1, training digits (12,000 as MNIST-rot).
+        train_examples: int >= 1, training digits (12,000 as MNIST-rot),
+            at most MNIST's 60,000 training digits.
         test_examples: int >= 1, test digits (50,000 as MNIST-rot);
             `train_examples + test_examples <= 70,000`.
         seed: int, seeds the choice of digits and their angles.
@@ -161,6 +164,10 @@ class RotatedMnistRegenConfig(tfds.core.BuilderConfig):
         check_positive_int("train_examples", train_examples)
         check_positive_int("test_examples", test_examples)
         total = sum(size for _, size in MNIST_SIZES)
+        if train_examples > MNIST_SIZES[0][1]:
+            raise ValueError(
+                f"Received: train_examples={train_examples}; expected at most "
+                f"{MNIST_SIZES[0][1]}, MNIST's training digits")
         if train_examples + test_examples > total:
             raise ValueError(
                 f"Received: train_examples={train_examples}, test_examples={test_examples}; "
@@ -177,7 +184,10 @@ class RotatedMnistRegen(tfds.core.GeneratorBasedBuilder):
     """Rotated MNIST regenerated from real MNIST (not the MNIST-rot files)."""
 
     VERSION = tfds.core.Version(REGEN_VERSION)
-    RELEASE_NOTES = {REGEN_VERSION: "Bilinear rotations of TFDS mnist 3.0.1 digits."}
+    RELEASE_NOTES = {
+        "1.0.0": "Bilinear rotations of TFDS mnist 3.0.1 digits.",
+        REGEN_VERSION: "Training digits drawn from MNIST's training split only.",
+    }
     BUILDER_CONFIGS = [
         RotatedMnistRegenConfig(
             name="seed0",
@@ -251,14 +261,19 @@ class RotatedMnistRegen(tfds.core.GeneratorBasedBuilder):
 def regenerated_draw(seed, train_examples, test_examples):
     """Which MNIST digits (indices into train then test) each split takes, and their angles.
 
+    Training digits come from MNIST's training split alone; test digits
+    from the digits left, of either split.
+
     Returns:
         `(chosen, angles)`: dicts by split of int indices into the 70,000
         digits (disjoint between splits) and float32 angles in [0, 360).
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(sum(size for _, size in MNIST_SIZES))
-    chosen = {"train": order[:train_examples],
-              "test": order[train_examples:train_examples + test_examples]}
+    from_training = order < MNIST_SIZES[0][1]
+    train = order[from_training][:train_examples]
+    rest = order[~np.isin(order, train)]
+    chosen = {"train": train, "test": rest[:test_examples]}
     angles = {split: rng.uniform(0.0, 360.0, len(chosen[split])).astype(np.float32)
               for split in ("train", "test")}
     return chosen, angles
