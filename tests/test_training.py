@@ -512,7 +512,8 @@ def test_a_lost_worker_stops_its_peer_and_both_resume_to_the_same_weights(tmp_pa
             process.kill()
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["resumed_from"] == {"epoch": 0, "step": common}
+    assert metrics["resumed_from"] == {"epoch": 0, "step": common,
+                                       "checkpoint": f"ckpt-{common}"}
     assert json.loads((model_dir / "config.json").read_text())["collective_timeout_seconds"] == 20
     chief = _checkpoint_weights(model_dir / "checkpoints" / "ckpt-24")
     other = _checkpoint_weights(model_dir / "checkpoints" / "worker-1" / "ckpt-24")
