@@ -37,8 +37,10 @@ Choices the paper leaves open, and why:
   by it (`scale_poses`) and routing runs in those units: the means are
   multiplied back, every `log sigma` gains `log scale`, and the variance
   floor is divided by `scale^2`, so the result is the same up to
-  rounding. Where that floor underflows (poses beyond ~1e12) it is held
-  at `1e-30` of the scaled units, a spread of `1e-15` of the largest pose.
+  rounding. The floor is held at `1e-12` in the scaled units (it is
+  lower for poses beyond 1e3 with the default floor): a spread of `1e-6`
+  of the largest pose, below what float32's `E[V^2] - mu^2` resolves, and
+  a `1 / sigma^2` whose gradients stay finite.
 - `E[V^2] - mu^2` instead of `E[(V - mu)^2]`: the squared votes are
   computed once and both steps stay reductions over stored tensors, which
   keeps the gradient's saved tensors to the votes and their squares
@@ -68,7 +70,7 @@ POSE_SHAPE = (4, 4)
 POSE_SIZE = 16
 EPSILON = 1e-7
 # The smallest variance in scaled units (see "Scale" above).
-SCALED_VARIANCE_FLOOR = 1e-30
+SCALED_VARIANCE_FLOOR = 1e-12
 # Half of log(2 pi), the Gaussian's normalising constant per pose entry.
 HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
