@@ -293,9 +293,9 @@ def test_non_finite_inputs_never_give_a_finite_answer(built, case, training, bad
 
     The exceptions are exact: max pooling over the group lets a `-inf`
     copy lose to the others, a primary matrix capsule with an infinite
-    pose has the sigmoid's limit, 0 or 1, as its activation, and batch normalization in training shares
-    its statistics over the batch, so the poisoned channel is NaN in every
-    sample (and the other channels stay finite).
+    pose has the sigmoid's limit, 0 or 1, as its activation, and batch
+    normalization in training shares its statistics over the batch, so
+    the poisoned channel is NaN in every sample (the others stay finite).
     """
     layer = built.get(case, "float32")
     hostile, units = poisoned_inputs(case, bad)
