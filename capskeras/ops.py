@@ -25,6 +25,19 @@ def _upcast(x):
     return x, dtype
 
 
+def _scaled(x, axis):
+    """`(x / m, 1 / m)`, `m = max(max |x|, 1)` over `axis`, a constant for the gradient.
+
+    Mathematically `f(x) = g(x / m, m)` for every `m`, so dividing by a
+    constant leaves the gradient exact; `m = 1` for entries up to 1
+    leaves their arithmetic untouched. NaN and inf entries make `m`
+    non-finite, and `x / m` NaN.
+    """
+    largest = ops.stop_gradient(ops.max(ops.abs(x), axis=axis, keepdims=True))
+    inverse = 1.0 / ops.maximum(largest, 1.0)
+    return x * inverse, inverse
+
+
 def safe_norm(x, axis=-1, keepdims=False, epsilon=1e-7):
     """Euclidean norm `sqrt(sum(x**2) + epsilon)` along `axis`.
 
@@ -49,8 +62,13 @@ def safe_norm(x, axis=-1, keepdims=False, epsilon=1e-7):
     ```
     """
     x, dtype = _upcast(x)
-    squared = ops.sum(ops.square(x), axis=axis, keepdims=keepdims)
-    return ops.cast(ops.sqrt(squared + epsilon), dtype)
+    # |x| = m sqrt(sum (x / m)^2 + epsilon / m^2).
+    x, inverse = _scaled(x, axis)
+    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    norm = ops.sqrt(squared + epsilon * ops.square(inverse)) / inverse
+    if not keepdims:
+        norm = ops.squeeze(norm, axis=axis)
+    return ops.cast(norm, dtype)
 
 
 def squash(x, axis=-1, epsilon=1e-7):
@@ -80,8 +98,11 @@ def squash(x, axis=-1, epsilon=1e-7):
         NeurIPS 2017, eq. 1. https://arxiv.org/abs/1710.09829
     """
     x, dtype = _upcast(x)
+    # With t = s / m and q = |t|^2: v = q / (1 / m^2 + q) / sqrt(q + epsilon / m^2) t.
+    x, inverse = _scaled(x, axis)
+    inverse_squared = ops.square(inverse)
     squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    scale = squared / (1.0 + squared) / ops.sqrt(squared + epsilon)
+    scale = squared / (inverse_squared + squared) / ops.sqrt(squared + epsilon * inverse_squared)
     return ops.cast(scale * x, dtype)
 
 

@@ -105,13 +105,16 @@ def class_routing(poses, activations, kernel, beta_u, beta_a, coordinate_additio
     """Votes of every child for every class and EM routing; see `ClassMatrixCapsules`."""
     height, width, input_types = poses.shape[1], poses.shape[2], poses.shape[3]
     num_classes = kernel.shape[1]
+    poses, pose_scale = em_routing.scale_poses(poses)
     positions = height * width
     # Child slot = input type, one W each; the positions share it.
     poses = ops.reshape(ops.transpose(poses, (3, 0, 1, 2, 4, 5)),
                         (input_types, -1, positions) + POSE_SHAPE)
     votes = em_routing.matrix_votes(poses, kernel)  # [b, H*W, K, B, 16]
     if coordinate_addition:
-        votes = votes + ops.convert_to_tensor(_coordinate_offsets(height, width))
+        # In the scaled poses' units.
+        votes = votes + ops.convert_to_tensor(_coordinate_offsets(height, width)) / ops.reshape(
+            pose_scale, (-1, 1, 1, 1, 1))
     # Children are (position, type) pairs, all seen by the one parent position.
     children = positions * input_types
     votes = ops.reshape(ops.transpose(votes, (0, 2, 1, 3, 4)),
@@ -120,8 +123,7 @@ def class_routing(poses, activations, kernel, beta_u, beta_a, coordinate_additio
     out_poses, out_activations = em_routing.em_routing(
         votes, child_activations, beta_u, beta_a, iterations,
         em_routing.softmax_over_types, 1.0 / num_classes, children / num_classes,
-        inverse_temperature,
-        variance_floor)
+        inverse_temperature, variance_floor, pose_scale)
     return (ops.reshape(out_poses, (-1, num_classes) + POSE_SHAPE),
             ops.reshape(out_activations, (-1, num_classes)))
 

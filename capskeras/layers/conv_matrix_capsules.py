@@ -129,6 +129,7 @@ def conv_routing(poses, activations, kernel, beta_u, beta_a, kernel_size, stride
                  iterations, inverse_temperature, variance_floor):
     """Votes of every window and EM routing over them; see `ConvMatrixCapsules`."""
     height, width, input_types = poses.shape[1], poses.shape[2], poses.shape[3]
+    poses, pose_scale = em_routing.scale_poses(poses)
     rows = em_routing.window_count(height, kernel_size, strides)
     cols = em_routing.window_count(width, kernel_size, strides)
     children = kernel_size * kernel_size * input_types
@@ -151,7 +152,7 @@ def conv_routing(poses, activations, kernel, beta_u, beta_a, kernel_size, stride
         iterations, em_routing.window_softmax((height, width), kernel_size, strides),
         ops.convert_to_tensor(em_routing.window_uniform_routing(
             (height, width), kernel_size, strides, input_types, kernel.shape[1])),
-        parent_mass, inverse_temperature, variance_floor)
+        parent_mass, inverse_temperature, variance_floor, pose_scale)
     parent_types = kernel.shape[1]
     return (ops.reshape(out_poses, (-1, rows, cols, parent_types) + POSE_SHAPE),
             ops.reshape(out_activations, (-1, rows, cols, parent_types)))

@@ -29,7 +29,18 @@ Choices the paper leaves open, and why:
   form would make it learn a hundred times slower than every other weight.
 - Every ratio divides by its denominator plus `EPSILON`, every log takes a
   log-sigmoid or a floored variance, and every softmax subtracts its
-  maximum, so no input, however large, small or degenerate, yields NaN.
+  maximum, so no finite input, however large, small or degenerate, yields
+  NaN. A NaN or inf pose makes the outputs of its sample that it reaches
+  NaN.
+- Scale: the squares of votes beyond ~1e19 overflow float32, so the
+  child poses of a sample whose largest pose entry exceeds 1 are divided
+  by it (`scale_poses`) and routing runs in those units: the means are
+  multiplied back, every `log sigma` gains `log scale`, and the variance
+  floor is divided by `scale^2`, so the result is the same up to
+  rounding. The floor is held at `1e-12` in the scaled units (it is
+  lower for poses beyond 1e3 with the default floor): a spread of `1e-6`
+  of the largest pose, below what float32's `E[V^2] - mu^2` resolves, and
+  a `1 / sigma^2` whose gradients stay finite.
 - `E[V^2] - mu^2` instead of `E[(V - mu)^2]`: the squared votes are
   computed once and both steps stay reductions over stored tensors, which
   keeps the gradient's saved tensors to the votes and their squares
@@ -58,12 +69,15 @@ from capskeras.checks import check_positive_int
 POSE_SHAPE = (4, 4)
 POSE_SIZE = 16
 EPSILON = 1e-7
+# The smallest variance in scaled units (see "Scale" above).
+SCALED_VARIANCE_FLOOR = 1e-12
 # Half of log(2 pi), the Gaussian's normalising constant per pose entry.
 HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
-               uniform_routing, parent_mass, inverse_temperature=0.01, variance_floor=1e-6):
+               uniform_routing, parent_mass, inverse_temperature=0.01, variance_floor=1e-6,
+               pose_scale=1.0):
     """EM routing: parents' poses and activations from their children's votes.
 
     Args:
@@ -86,12 +100,18 @@ def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
             the module docstring).
         inverse_temperature: Python float, `lambda` of the last iteration.
         variance_floor: Python float added to every variance.
+        pose_scale: `[batch, 1, 1]` float32 or 1, what the children's poses
+            were divided by (`scale_poses`); the votes are in those units.
 
     Returns:
         `(poses, activations)`: `mu_j`, `[batch, P, C, 16]`, and `a_j`,
         `[batch, P, C]`, both float32.
     """
     squared_votes = ops.square(votes)
+    # The floor in the votes' units; log sigma in the poses' units.
+    pose_scale = ops.expand_dims(ops.convert_to_tensor(pose_scale, "float32"), -1)
+    floor = ops.maximum(variance_floor * ops.square(1.0 / pose_scale), SCALED_VARIANCE_FLOOR)
+    log_scale = ops.log(pose_scale)
     routing = uniform_routing
     child_activations = ops.expand_dims(child_activations, 2)  # [b, P, 1, I]
     for iteration in range(1, iterations + 1):
@@ -101,15 +121,15 @@ def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
         weights = ops.expand_dims(assigned / (ops.expand_dims(total, -1) + EPSILON), 3)
         mean = ops.squeeze(ops.matmul(weights, votes), 3)  # [b, P, C, 16]
         mean_square = ops.squeeze(ops.matmul(weights, squared_votes), 3)
-        variance = ops.relu(mean_square - ops.square(mean)) + variance_floor
-        log_sigma = 0.5 * ops.log(variance)
+        variance = ops.relu(mean_square - ops.square(mean)) + floor
+        log_sigma = 0.5 * ops.log(variance) + log_scale
         cost = (ops.sum(log_sigma, axis=-1) + POSE_SIZE * beta_u) * (total / parent_mass)
         # lambda_t (beta_a / lambda - cost): beta_a is learned in logit
         # units, so Adam moves it as fast as any other weight.
         progress = iteration / iterations
         activation_logits = progress * (beta_a - inverse_temperature * cost)  # [b, P, C]
         if iteration == iterations:
-            return mean, ops.sigmoid(activation_logits)
+            return mean * pose_scale, ops.sigmoid(activation_logits)
         # E-step: log N(V_ij; mu_j, sigma_j), the square expanded as
         # sum_h (V^2 - 2 V mu + mu^2) / (2 sigma^2).
         inverse_variance = 0.5 / variance
@@ -120,6 +140,23 @@ def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
             + POSE_SIZE * HALF_LOG_TWO_PI, -1)
         routing = normalize(ops.expand_dims(ops.log_sigmoid(activation_logits), -1)
                             + log_density)
+
+
+def scale_poses(poses):
+    """`(poses / scale, scale)`: each sample's poses divided by its largest entry, if above 1.
+
+    Args:
+        poses: `[batch, ...]` float32.
+
+    Returns:
+        The scaled poses, and `scale = max(max |poses|, 1)` per sample,
+        shaped `[batch, 1, 1]`, a constant for the gradient (dividing by a
+        constant leaves the routing's gradient exact).
+    """
+    axes = tuple(range(1, len(poses.shape)))
+    scale = ops.maximum(ops.stop_gradient(ops.max(ops.abs(poses), axis=axes)), 1.0)
+    inverse = ops.reshape(1.0 / scale, (-1,) + (1,) * len(axes))
+    return poses * inverse, ops.reshape(scale, (-1, 1, 1))
 
 
 def _matvec(matrices, vectors):

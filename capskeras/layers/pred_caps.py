@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from capskeras import convolution
+from capskeras import ops as capsule_ops
 from capskeras import xla
 from capskeras.checks import check_positive_int
 from capskeras.checks import check_positive_int_pair
@@ -482,13 +483,15 @@ def _select(drive, feedback, log_boost, statistics, settings):
                            (shape[0], shape[1], shape[2], groups, group_dim))
 
     capsules = grouped(drive)
-    norms = ops.sqrt(ops.sum(ops.square(capsules), axis=-1) + _EPSILON)
+    # safe_norm scales before squaring: a drive of 1e20 has a float32 norm.
+    norms = capsule_ops.safe_norm(capsules, axis=-1, epsilon=_EPSILON)
     scores = norms
     if feedback is not None:
         predicted = grouped(feedback)
-        predicted_norms = ops.sqrt(ops.sum(ops.square(predicted), axis=-1) + _EPSILON)
+        predicted_norms = capsule_ops.safe_norm(predicted, axis=-1, epsilon=_EPSILON)
         largest = ops.max(predicted_norms, axis=-1, keepdims=True)
-        agreement = ops.sum(capsules * predicted, axis=-1) / largest
+        # <z, p / max |p|>: divided first, so the product cannot overflow.
+        agreement = ops.sum(capsules * (predicted / ops.expand_dims(largest, -1)), axis=-1)
         scores = norms + feedback_weight * agreement
     scores = ops.stop_gradient(scores)
     batch_statistics = None

@@ -21,6 +21,9 @@ class RankMask(keras.layers.Layer):
     3. weight `w_j = exp(-sharpness * r_j / (J - 1))`, set to 0 below
        `threshold`; the output is `w_j * v_j`.
 
+    A sample whose couplings hold NaN or inf has no ranking: its ranks,
+    weights and output are NaN, and no capsule of it counts as first.
+
     No gradient flows through the ranking: the weights are constants of
     the step, the gradient reaches the capsules only through `w_j * v_j`.
 
@@ -128,7 +131,10 @@ class RankMask(keras.layers.Layer):
         ranks = ops.sum(above + tied_before, axis=2)
         weights = ops.exp(-self.sharpness * ranks / (self.num_capsules - 1))
         weights = ops.where(weights < self.threshold, 0.0, weights)
-        return weights, ranks
+        # NaN compares false, so a NaN score would rank first: no weights instead.
+        finite = ops.all(ops.isfinite(scores), axis=-1, keepdims=True)
+        weights = ops.where(finite, weights, float("nan"))
+        return weights, ops.where(finite, ranks, float("nan"))
 
     def call(self, capsules, couplings, training=False):
         weights, ranks = self.rank_weights(couplings)
