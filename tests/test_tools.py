@@ -47,7 +47,9 @@ def _write_run(runs_dir, name, metrics, config=None):
 def runs_dir(tmp_path):
     """Four of the six runs; enc_ksparse_dec_recon and enc_deep_bp_dec_class missing."""
     runs = tmp_path / "runs"
-    _write_run(runs, "enc_untrained_dec_class", {"epochs": 20, "test": {"accuracy": 0.98765, "loss": 0.04}})
+    _write_run(runs, "enc_untrained_dec_class", {
+        "epochs": 20, "train": {"accuracy": 0.99351}, "validation": {"accuracy": 0.9702},
+        "test": {"accuracy": 0.98765, "loss": 0.04}})
     _write_run(runs, "enc_untrained_dec_recon", {"epochs": 20, "test": {"mse": 0.01234, "loss": 0.01234}})
     _write_run(
         runs, "enc_deep_bp_dec_recon", {"epochs": 3, "test": {"mse": 0.0051}},
@@ -78,15 +80,19 @@ def test_results_table_rows_values_and_published_figures(runs_dir):
     assert "accuracy" in header and "MSE" in header and "published" in header
     assert list(rows)[:4] == ["untrained (frozen)", "deep BP", "k-sparse (frozen)",
                               "PredCaps (frozen)"]
-    #  encoder | accuracy | published | MSE | published | epochs class | epochs recon
-    assert rows["untrained (frozen)"][1:] == ["98.77%", "99.4%", "0.0123", "0.014", "20", "20"]
+    #  encoder | accuracy train, validation, test | published | MSE train, validation,
+    #  test | published | epochs class | epochs recon
+    assert "published (train split)" in header
+    assert rows["untrained (frozen)"][1:] == [
+        "99.35%", "97.02%", "98.77%", "99.4%", "—", "—", "0.0123", "0.014", "20", "20"]
     assert rows["deep BP"][1:] == [
-        "not run", "99.6%", "0.0051", "0.004", "—", "3 on 10,000 examples",
+        "not run", "—", "—", "99.6%", "—", "—", "0.0051", "0.004", "—", "3 on 10,000 examples",
     ]
     assert rows["k-sparse (frozen)"][1:] == [
-        "99.12%", "—", "not run", "—", "20 (+10 pretrain)", "—",
+        "—", "—", "99.12%", "—", "not run", "—", "—", "—", "20 (+10 pretrain)", "—",
     ]
-    assert rows["PredCaps (frozen)"][1:] == ["not run", "99.7%", "not run", "0.005", "—", "—"]
+    assert rows["PredCaps (frozen)"][1:] == [
+        "not run", "—", "—", "99.7%", "not run", "—", "—", "0.005", "—", "—"]
 
 
 def test_results_table_names_missing_runs_with_their_commands(runs_dir):
@@ -109,10 +115,11 @@ def test_results_table_reads_the_first_directory_holding_each_run(runs_dir, tmp_
                                                  "test": {"mse": 0.0056}})
     metrics, configs = results_table.read_runs([str(heads), str(runs_dir)])
     _, rows = _rows(results_table.markdown_table(metrics, configs))
-    assert rows["untrained (frozen)"][1:] == ["50.00%", "99.4%", "0.0123", "0.014", "15", "20"]
-    assert rows["PredCaps (frozen)"][3] == "0.0056"
-    assert rows["PredCaps (frozen)"][6] == "15 (+5 pretrain)"
-    assert rows["deep BP"][6] == "3 on 10,000 examples"
+    assert rows["untrained (frozen)"][1:] == [
+        "—", "—", "50.00%", "99.4%", "—", "—", "0.0123", "0.014", "15", "20"]
+    assert rows["PredCaps (frozen)"][7] == "0.0056"
+    assert rows["PredCaps (frozen)"][10] == "15 (+5 pretrain)"
+    assert rows["deep BP"][10] == "3 on 10,000 examples"
 
 
 def test_results_table_empty_metrics_marks_every_run():
@@ -120,7 +127,7 @@ def test_results_table_empty_metrics_marks_every_run():
     markdown = results_table.markdown_table({})
     _, rows = _rows(markdown)
     for cells in rows.values():
-        assert cells[1] == cells[3] == "not run"
+        assert cells[1] == cells[5] == "not run"
     assert markdown.count("capskeras-train --flagfile=") == 14
 
 
