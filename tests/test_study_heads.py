@@ -106,8 +106,13 @@ def test_an_untrained_encoder_needs_only_its_flagfile_and_the_head_learns(tmp_pa
     results = tool.run(str(REPO / "flags" / "enc_untrained_dec_recon.cfg"), ["recon"], epochs=3,
                        output_dir=str(tmp_path / "heads"), names=["recon"], train_examples=128,
                        eval_examples=64)
-    mse = results["recon"]["test_per_epoch"]["mse"]
+    # The flagfile holds out 5,000 validation digits: the heads watch them
+    # epoch by epoch, and report every split.
+    mse = results["recon"]["validation_per_epoch"]["mse"]
     assert mse[-1] < mse[0]
+    assert "test_per_epoch" not in results["recon"]
+    assert {"train", "validation", "test"} <= set(results["recon"])
+    assert results["recon"]["validation"]["mse"] == pytest.approx(mse[-1], rel=1e-4)
 
 
 def test_refusals_name_the_problem(tmp_path):
@@ -152,6 +157,7 @@ def test_a_class_head_on_the_frozen_sparsecaps_code(tmp_path):
     # metrics.json says.
     svm = results["sparsecaps_svm"]
     assert (svm["c"], svm["gamma"], svm["test_examples"]) == (100.0, 0.1, 64)
+    assert svm["train"]["accuracy"] == svm["train_accuracy"]
     assert sorted(p.name for p in (tmp_path / "heads" / "sparsecaps_svm").iterdir()) == [
         "metrics.json", "svm.json", "svm.npz"]
     classifier = code_svm.load_code_svm(str(tmp_path / "heads" / "sparsecaps_svm"))

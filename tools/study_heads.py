@@ -188,7 +188,8 @@ def split_arrays(config, split, num_examples, data_dir):
     task = config.task()
     options = InputOptions(batch_size=1000, num_examples=num_examples or None, seed=config.seed,
                            data_dir=data_dir or config.data_dir or None,
-                           download=config.download)
+                           download=config.download,
+                           validation_examples=config.validation_examples)
     images, labels = [], []
     for x, y in task.images(split, options, shuffle=False):
         images.append(x.numpy())
@@ -203,8 +204,10 @@ def codes_of(model, images, batch_size=500):
         for i in range(0, len(images), batch_size)])
 
 
-def train_head(model, config, train_codes, train_targets, test_codes, test_targets, epochs):
-    """Trains `model.head` on codes; returns the per-epoch test metrics (loss and metrics)."""
+def train_head(model, config, train_codes, train_targets, monitor_codes, monitor_targets,
+               epochs):
+    """Trains `model.head` on codes; returns the per-epoch metrics on the monitored codes
+    (the validation split's; the test split's for a run without one)."""
     keras.utils.set_random_seed(config.seed)
     steps_per_epoch = int(np.ceil(len(train_codes) / config.batch_size))
     learning_rate = config.learning_rate
@@ -216,7 +219,7 @@ def train_head(model, config, train_codes, train_targets, test_codes, test_targe
                        metrics=model.default_metrics())
     history = head_model.fit(
         train_codes, train_targets, batch_size=config.batch_size, epochs=epochs, shuffle=True,
-        validation_data=(test_codes, test_targets), verbose=2,
+        validation_data=(monitor_codes, monitor_targets), verbose=2,
     ).history
     return {name[len("val_"):]: [float(v) for v in values]
             for name, values in history.items() if name.startswith("val_")}
@@ -256,23 +259,31 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
                          f"{config.settings.translate_pixels}; expected 0: augmented images "
                          "change the codes from epoch to epoch, so they cannot be computed once")
     encoder, encoder_name, source = frozen_encoder(config)
-    train_x, train_y = split_arrays(config, "train", train_examples, data_dir)
-    test_x, test_y = split_arrays(config, "test", eval_examples, data_dir)
+    arrays = {"train": split_arrays(config, "train", train_examples, data_dir),
+              "test": split_arrays(config, "test", eval_examples, data_dir)}
+    if config.validation_examples:
+        arrays["validation"] = split_arrays(config, "validation", eval_examples, data_dir)
+    # Per-epoch figures watch the validation split where the run holds one out.
+    monitored = "validation" if "validation" in arrays else "test"
     started = time.perf_counter()
     first = build_model(config, encoder, encoder_name, heads[0] if heads else "class")
-    train_codes, test_codes = codes_of(first, train_x), codes_of(first, test_x)
+    codes = {split: codes_of(first, x) for split, (x, _) in arrays.items()}
     code_seconds = time.perf_counter() - started
+    (train_x, train_y), (test_x, test_y) = arrays["train"], arrays["test"]
     results = {}
     for index, head in enumerate(heads):
         name = names[index] if names else default_name(config.experiment, head)
         model = first if index == 0 else build_model(config, encoder, encoder_name, head)
-        targets = {"images": (train_x, test_x), "labels": (train_y, test_y)}[model.head.target]
+        position = {"images": 0, "labels": 1}[model.head.target]
+        targets = {split: pair[position] for split, pair in arrays.items()}
         started = time.perf_counter()
-        per_epoch = train_head(model, config, train_codes, targets[0], test_codes, targets[1],
-                               epochs)
+        per_epoch = train_head(model, config, codes["train"], targets["train"],
+                               codes[monitored], targets[monitored], epochs)
         fit_seconds = time.perf_counter() - started
         model.compile(loss=model.default_loss(), metrics=model.default_metrics())
-        test = model.evaluate(test_x, targets[1], batch_size=500, return_dict=True, verbose=0)
+        scores = {split: {key: float(value) for key, value in model.evaluate(
+            x, targets[split], batch_size=500, return_dict=True, verbose=0).items()}
+            for split, (x, _) in arrays.items()}
         directory = os.path.join(output_dir, name)
         os.makedirs(directory, exist_ok=True)
         model.save(os.path.join(directory, "model.keras"))
@@ -281,8 +292,8 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
             "encoder_source": source, "epochs": epochs, "train_examples": len(train_x),
             "test_examples": len(test_x), "batch_size": config.batch_size,
             "learning_rate": config.learning_rate, "code_seconds": round(code_seconds, 2),
-            "fit_seconds": round(fit_seconds, 2), "test_per_epoch": per_epoch,
-            "test": {key: float(value) for key, value in test.items()},
+            "fit_seconds": round(fit_seconds, 2), f"{monitored}_per_epoch": per_epoch,
+            **scores,
         }
         if "stage" in source:
             metrics[source["stage"]] = {"epochs": source["checkpoint_epoch"]}
@@ -299,20 +310,26 @@ def run(run_dir, heads, epochs, output_dir, names=(), train_examples=0, eval_exa
         results[name] = metrics
     if svm:
         name = default_name(config.experiment, "svm")
+        labelled = {split: (codes[split], arrays[split][1]) for split in arrays}
         results[name] = _fit_svm(name, os.path.join(output_dir, name), run_dir, encoder_name,
-                                 source, (train_codes, train_y), (test_codes, test_y),
-                                 svm_c, svm_gamma)
+                                 source, labelled, svm_c, svm_gamma)
     return results
 
 
-def _fit_svm(name, directory, run_dir, encoder_name, source, train, test, c, gamma):
-    """Fits the SVM read-out; writes `metrics.json` and the classifier (`svm.npz`, `svm.json`)."""
-    fitted = code_svm.fit_code_svm(*train, *test, c=c, gamma=gamma)
-    code_svm.save_code_svm(fitted.pop("classifier"), directory)
+def _fit_svm(name, directory, run_dir, encoder_name, source, labelled, c, gamma):
+    """Fits the SVM read-out on `labelled["train"]`, scores it on every split of `labelled`;
+    writes `metrics.json` and the classifier (`svm.npz`, `svm.json`)."""
+    fitted = code_svm.fit_code_svm(*labelled["train"], *labelled["test"], c=c, gamma=gamma)
+    classifier = fitted.pop("classifier")
+    code_svm.save_code_svm(classifier, directory)
+    scores = {split: {"accuracy": fitted[f"{split}_accuracy"]} for split in ("train", "test")}
+    if "validation" in labelled:
+        codes, labels = labelled["validation"]
+        scores["validation"] = {"accuracy": float(classifier.score(codes, labels))}
     metrics = {"experiment": name, "run_dir": run_dir, "encoder": encoder_name,
-               "read_out": "rbf_svm", "encoder_source": source, "train_examples": len(train[0]),
-               "test_examples": len(test[0]), **fitted,
-               "test": {"accuracy": fitted["test_accuracy"]}}
+               "read_out": "rbf_svm", "encoder_source": source,
+               "train_examples": len(labelled["train"][0]),
+               "test_examples": len(labelled["test"][0]), **fitted, **scores}
     write_text_atomically(os.path.join(directory, "metrics.json"), json.dumps(metrics, indent=2))
     print(json.dumps({"experiment": name, "test": metrics["test"],
                       "fit_seconds": metrics["fit_seconds"]}), flush=True)
