@@ -28,10 +28,14 @@ Three rewrites, each exact up to float rounding:
   leaves all three to TensorFlow. On smaller strided convolutions it gained
   nothing or lost (the study encoders' 6x6 stride-3 layer on one input
   channel ran 3x slower), so it is a layer's choice, not the rule.
+
+All three are TensorFlow's: on the TensorFlow backend `conv2d` and
+`conv2d_transpose` choose among them; on every other backend (JAX, PyTorch)
+they are `keras.ops.conv` and `keras.ops.conv_transpose`, the backend's own
+kernels and gradients, and this module imports no TensorFlow.
 """
 
 import keras
-import tensorflow as tf
 
 FILTER_GRADIENTS = ("native", "forward_conv")
 
@@ -45,6 +49,15 @@ def check_filter_gradient(filter_gradient):
         )
 
 
+def _tensorflow():
+    """The `tensorflow` module on the TensorFlow backend, else `None` (nothing imported)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf  # Only on the TensorFlow backend.
+
+    return tf
+
+
 def same_padding(size, kernel, stride):
     """TensorFlow's `"same"` padding `(before, after)` along one axis."""
     output = -(-size // stride)
@@ -54,6 +67,7 @@ def same_padding(size, kernel, stride):
 
 def _filter_gradient_by_forward_conv(inputs, output_gradient, kernel_size, strides, padding):
     """The filter gradient of `conv2d` as one valid forward convolution (see module doc)."""
+    tf = _tensorflow()
     (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, strides
     if padding == "same":
         pad_h = same_padding(inputs.shape[1], kernel_h, stride_h)
@@ -82,9 +96,10 @@ def covers_whole_input(input_shape, kernel_size, strides, padding):
 def conv2d(inputs, kernel, strides, padding, filter_gradient="native"):
     """`channels_last` 2D convolution in the fastest of its exact formulations.
 
-    A kernel that covers the whole unpadded input is applied as one matmul
-    (see `covers_whole_input`); otherwise `filter_gradient` picks the filter
-    gradient's kernel.
+    On the TensorFlow backend, a kernel that covers the whole unpadded input
+    is applied as one matmul (see `covers_whole_input`); otherwise
+    `filter_gradient` picks the filter gradient's kernel. On other backends
+    it is `keras.ops.conv`, whatever `filter_gradient` says.
 
     Args:
         inputs: `[batch, height, width, in_channels]` tensor; the rewrites
@@ -94,15 +109,19 @@ def conv2d(inputs, kernel, strides, padding, filter_gradient="native"):
         strides: tuple of 2 ints.
         padding: `"valid"` or `"same"`.
         filter_gradient: `"native"` (TensorFlow's `Conv2DBackpropFilter`)
-            or `"forward_conv"` (the module doc's forward convolution).
+            or `"forward_conv"` (the module doc's forward convolution); only
+            the TensorFlow backend reads it.
 
     Returns:
         `[batch, out_h, out_w, filters]`, the same as `keras.ops.conv`.
     """
     check_filter_gradient(filter_gradient)
+    strides = tuple(int(s) for s in strides)
+    tf = _tensorflow()
+    if tf is None:
+        return keras.ops.conv(inputs, kernel, strides=strides, padding=padding)
     # Tensors, not variables: a custom gradient must not read a variable.
     inputs, kernel = tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel)
-    strides = tuple(int(s) for s in strides)
     kernel_size = tuple(kernel.shape[:2])
     padding_name = padding.upper()
     spatial_known = inputs.shape[1] is not None and inputs.shape[2] is not None
@@ -143,12 +162,17 @@ def conv2d_transpose(inputs, kernel, strides):
         `[batch, (height - 1) * stride_h + kernel_h, ..., out_channels]`,
         the same as `keras.ops.conv_transpose(..., padding="valid")`. From a
         1x1 input that is the kernel weighted by the input's channels, a
-        matmul (the decoder of a whole-input convolution).
+        matmul (the decoder of a whole-input convolution) on the TensorFlow
+        backend; elsewhere it is `keras.ops.conv_transpose` throughout.
     """
+    strides = tuple(int(s) for s in strides)
+    tf = _tensorflow()
+    if tf is None:
+        return keras.ops.conv_transpose(inputs, kernel, strides=strides, padding="valid")
     inputs, kernel = tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel)
     kernel_h, kernel_w, out_channels, in_channels = kernel.shape
     if inputs.shape[1] == 1 and inputs.shape[2] == 1:
         flat_kernel = tf.reshape(kernel, [kernel_h * kernel_w * out_channels, in_channels])
         outputs = tf.matmul(tf.reshape(inputs, [-1, in_channels]), flat_kernel, transpose_b=True)
         return tf.reshape(outputs, [-1, kernel_h, kernel_w, out_channels])
-    return keras.ops.conv_transpose(inputs, kernel, strides=tuple(strides), padding="valid")
+    return keras.ops.conv_transpose(inputs, kernel, strides=strides, padding="valid")
