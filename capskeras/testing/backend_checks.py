@@ -10,7 +10,8 @@ random projection of the outputs with respect to the float inputs and the
 trainable weights), compares both with TensorFlow's to float32 rounding,
 saves the model to `.keras` again and loads it back. It also checks the
 routing against a NumPy reference, the exact group equivariance of
-`GroupConv2D` and `GroupPooling`, and `model.fit` with `jit_compile=True`.
+`GroupConv2D` and `GroupPooling`, and `model.fit` (with `jit_compile=True`
+on JAX).
 
 Under JAX the backward pass runs under `jax.jit`, so a layer that branches
 in Python on a tensor's value fails there.
@@ -250,7 +251,7 @@ def _cotangents(name, outputs):
 def _projection(outputs, cotangents):
     total = 0.0
     for output, cotangent in zip(outputs, cotangents):
-        total = total + ops.sum(ops.cast(output, "float32") * cotangent)
+        total = total + ops.sum(ops.cast(output, "float32") * ops.convert_to_tensor(cotangent))
     return total
 
 
@@ -318,7 +319,8 @@ def gradients(run, variables, xs, cotangents):
             variable.value.grad = None
         outputs = run(tensors)
         total = _projection(outputs, cotangents)
-        total.backward()
+        if total.requires_grad:  # Else nothing flows (all stopped): zero gradients.
+            total.backward()
         input_grads = [tensors[i].grad for i in floats]
         variable_grads = [variable.value.grad for variable in variables]
     else:
@@ -505,23 +507,27 @@ def check_routing_reference():
 
 
 def check_group_equivariance():
-    """A p4m group network is exactly equivariant, and invariant after pooling."""
+    """A p4m group network is exactly equivariant, and invariant after pooling.
+
+    Exactly: up to float32 rounding, which differs between a map and its
+    turned copy only by the order of the sums (a relative 1e-6).
+    """
     images = keras.Input((9, 9, 2))
     lifted = layers.GroupConv2D(3, 3, group="p4m", lifting=True, **Z)(images)
     hidden = keras.layers.ReLU()(layers.GroupBatchNormalization("p4m")(lifted))
     maps = layers.GroupConv2D(2, 3, group="p4m", lifting=False, padding="same", **Z)(hidden)
     scores = keras.layers.GlobalAveragePooling2D()(layers.GroupPooling("p4m", "max")(maps))
     model = keras.Model(images, [maps, scores])
-    _perturb(model, "equivariance", scale=0.5)
+    _perturb(model, "equivariance")
     x = _rng("equivariance").normal(size=(2, 9, 9, 2)).astype("float32")
     for output, kind in ((0, equivariance.GROUP), (1, equivariance.INVARIANT)):
         equivariance.assert_group_equivariant(
             lambda batch: model.predict_on_batch(batch)[output], x, "p4m",
-            input_kind=equivariance.PLANE, output_kind=kind, atol=1e-5)
+            input_kind=equivariance.PLANE, output_kind=kind, atol=1e-5, rtol=2e-6)
 
 
 def check_fit():
-    """A small CapsNet trains under `jit_compile=True`, predicts and reloads compiled.
+    """A small CapsNet trains (`jit_compile=True` but on PyTorch), predicts and reloads.
 
     (The matrix capsules' backward pass runs under `jax.jit` in their cases.)
     """
@@ -534,7 +540,11 @@ def check_fit():
     scores = layers.CapsuleLength()(layers.CapsuleDense(3, 4, **Z)(primary))
     capsnet = keras.Model(inputs, scores, name="capsnet")
     _perturb(capsnet, "fit")
-    capsnet.compile("adam", losses.MarginLoss(), jit_compile=True)
+    # On PyTorch `jit_compile=True` means `torch.compile`, which recompiled
+    # Keras's layer hooks for minutes on this small model; Keras's default
+    # there ("auto") runs eagerly.
+    capsnet.compile("adam", losses.MarginLoss(),
+                    jit_compile=keras.backend.backend() != "torch")
 
     before = [_numpy(v.value) for v in capsnet.trainable_variables]
     history = capsnet.fit(images, labels, batch_size=4, epochs=1, verbose=0)
