@@ -1,9 +1,9 @@
 """Every public layer, loss and op of capskeras, checked on the current Keras backend.
 
 The TensorFlow backend writes a reference: each layer case as a small
-functional model saved to `.keras` (its weights perturbed from their
-initial values so that biases and scales are not trivially 0 and 1), and
-the inputs, outputs and gradients of every case. Any backend then checks
+functional model saved to `.keras` (kernels initialized to zeros, then
+every trainable weight moved by a seeded normal, so that no bias or scale
+is trivially 0 or 1), and the inputs, outputs and gradients of every case. Any backend then checks
 itself against it: it loads each `.keras` file, runs the same inputs
 forward (inference) and backward (training mode, the gradient of a fixed
 random projection of the outputs with respect to the float inputs and the
@@ -177,18 +177,7 @@ LAYER_CASES = {
 }
 
 
-def _loss_args(name):
-    labels = ("labels", (), "int32", 3)
-    scores = _uniform((3,))
-    images = _uniform((4, 4, 1))
-    return {
-        "margin_loss": [labels, scores],
-        "margin_loss_class": [labels, scores],
-        "reconstruction_loss": [images, images],
-        "reconstruction_loss_class": [images, images],
-        "spread_loss": [labels, scores],
-        "spread_loss_class": [labels, scores],
-    }[name]
+LABELS, SCORES, IMAGES = _labels(3), _uniform((3,)), _uniform((4, 4, 1))
 
 
 # name: (the function of the input tensors, input specs)
@@ -197,19 +186,19 @@ FUNCTION_CASES = {
     "squash_at_zero": (lambda x: capsule_ops.squash(x * 0.0), [_normal((3, 4))]),
     "safe_norm": (lambda x: capsule_ops.safe_norm(x, axis=1, keepdims=True), [_normal((3, 4))]),
     "capsule_lengths": (lambda x: capsule_ops.capsule_lengths(x), [_normal((3, 4))]),
-    "margin_loss": (lambda y, p: losses.margin_loss(y, p), _loss_args("margin_loss")),
+    "margin_loss": (lambda y, p: losses.margin_loss(y, p), [LABELS, SCORES]),
     "margin_loss_class": (lambda y, p: losses.MarginLoss(m_plus=0.8)(y, p),
-                          _loss_args("margin_loss_class")),
+                          [LABELS, SCORES]),
     "reconstruction_loss": (lambda x, r: losses.reconstruction_loss(x, r),
-                            _loss_args("reconstruction_loss")),
+                            [IMAGES, IMAGES]),
     "reconstruction_loss_class": (lambda x, r: losses.ReconstructionLoss(scale=0.5)(x, r),
-                                  _loss_args("reconstruction_loss_class")),
-    "spread_loss": (lambda y, a: losses.spread_loss(y, a, margin=0.6), _loss_args("spread_loss")),
+                                  [IMAGES, IMAGES]),
+    "spread_loss": (lambda y, a: losses.spread_loss(y, a, margin=0.6), [LABELS, SCORES]),
     "spread_loss_class": (lambda y, a: losses.SpreadLoss(margin=0.4)(y, a),
-                          _loss_args("spread_loss_class")),
+                          [LABELS, SCORES]),
     "spread_margin_schedule": (
         lambda step: losses.SpreadMarginSchedule(0.2, 0.9, steps=10)(step),
-        [("labels", (), "int32", 20)]),
+        [_labels(20)]),
 }
 
 SERIALIZED_LOSSES = (
