@@ -28,10 +28,22 @@ Three rewrites, each exact up to float rounding:
   leaves all three to TensorFlow. On smaller strided convolutions it gained
   nothing or lost (the study encoders' 6x6 stride-3 layer on one input
   channel ran 3x slower), so it is a layer's choice, not the rule.
+
+All three are TensorFlow's: on the TensorFlow backend `conv2d` and
+`conv2d_transpose` choose among them; on every other backend (JAX, PyTorch)
+they are `keras.ops.conv` and `keras.ops.conv_transpose`, the backend's own
+kernels and gradients, and this module imports no TensorFlow. One exception,
+JAX on CPU: XLA's CPU input gradient of a strided convolution is a
+transposed convolution with a dilated input, which it runs as a slow loop
+(CapsNet's primary capsules, 9x9 stride 2, 256 to 256 channels on 20x20, at
+batch 32 on a 2-core AMD EPYC: 41 s, against 0.9 s forward). There a strided
+convolution runs as a stride-1 one on the space-to-depth input
+(`strided_as_stride_one`: the kernel zero-padded to a multiple of the
+stride, so 23% more multiplies for 9x9 stride 2), whose gradients are
+stride-1 convolutions.
 """
 
 import keras
-import tensorflow as tf
 
 FILTER_GRADIENTS = ("native", "forward_conv")
 
@@ -45,6 +57,15 @@ def check_filter_gradient(filter_gradient):
         )
 
 
+def _tensorflow():
+    """The `tensorflow` module on the TensorFlow backend, else `None` (nothing imported)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf  # Only on the TensorFlow backend.
+
+    return tf
+
+
 def same_padding(size, kernel, stride):
     """TensorFlow's `"same"` padding `(before, after)` along one axis."""
     output = -(-size // stride)
@@ -54,6 +75,7 @@ def same_padding(size, kernel, stride):
 
 def _filter_gradient_by_forward_conv(inputs, output_gradient, kernel_size, strides, padding):
     """The filter gradient of `conv2d` as one valid forward convolution (see module doc)."""
+    tf = _tensorflow()
     (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, strides
     if padding == "same":
         pad_h = same_padding(inputs.shape[1], kernel_h, stride_h)
@@ -69,6 +91,61 @@ def _filter_gradient_by_forward_conv(inputs, output_gradient, kernel_size, strid
     return tf.transpose(gradient, [1, 2, 0, 3])
 
 
+def _jax_on_cpu():
+    if keras.backend.backend() != "jax":
+        return False
+    import jax  # Only on the JAX backend.
+
+    return jax.default_backend() == "cpu"
+
+
+def strided_as_stride_one(inputs, kernel, strides, padding):
+    """A strided `channels_last` convolution as a stride-1 one; the same values.
+
+    With strides `(s, t)` the input is cut into `s x t` phases stacked on the
+    channel axis (space to depth) and the kernel, zero-padded to multiples
+    of the strides, likewise: output `y` reads input rows `s*y + s*a + p`
+    through kernel row `s*a + p`, that is phase `p` of the new input's row
+    `y + a` through row `a` of the new kernel.
+
+    Args:
+        inputs: `[batch, height, width, in_channels]`, height, width and
+            channels known.
+        kernel: `[kernel_h, kernel_w, in_channels, filters]`.
+        strides: tuple of 2 ints.
+        padding: `"valid"` or `"same"` (TensorFlow's, `same_padding`).
+
+    Returns:
+        `[batch, out_h, out_w, filters]`, as `keras.ops.conv`.
+    """
+    ops = keras.ops
+    (kernel_h, kernel_w), (stride_h, stride_w) = tuple(kernel.shape[:2]), strides
+    _, height, width, channels = inputs.shape
+    filters = kernel.shape[3]
+    if padding == "same":
+        pad_h, pad_w = same_padding(height, kernel_h, stride_h), same_padding(width, kernel_w, stride_w)
+        inputs = ops.pad(inputs, ((0, 0), pad_h, pad_w, (0, 0)))
+        height, width = height + sum(pad_h), width + sum(pad_w)
+    out_h, out_w = (height - kernel_h) // stride_h + 1, (width - kernel_w) // stride_w + 1
+    taps_h, taps_w = -(-kernel_h // stride_h), -(-kernel_w // stride_w)
+    rows, cols = (out_h + taps_h - 1) * stride_h, (out_w + taps_w - 1) * stride_w
+    # Drop what no output reads; pad zeros that meet only the kernel's zero padding.
+    inputs = inputs[:, :min(rows, height), :min(cols, width), :]
+    inputs = ops.pad(inputs, ((0, 0), (0, max(rows - height, 0)), (0, max(cols - width, 0)),
+                              (0, 0)))
+    phases = stride_h * stride_w * channels
+    inputs = ops.reshape(inputs, (-1, rows // stride_h, stride_h, cols // stride_w, stride_w,
+                                  channels))
+    inputs = ops.reshape(ops.transpose(inputs, (0, 1, 3, 2, 4, 5)),
+                         (-1, rows // stride_h, cols // stride_w, phases))
+    kernel = ops.pad(kernel, ((0, taps_h * stride_h - kernel_h), (0, taps_w * stride_w - kernel_w),
+                              (0, 0), (0, 0)))
+    kernel = ops.reshape(kernel, (taps_h, stride_h, taps_w, stride_w, channels, filters))
+    kernel = ops.reshape(ops.transpose(kernel, (0, 2, 1, 3, 4, 5)),
+                         (taps_h, taps_w, phases, filters))
+    return ops.conv(inputs, kernel, strides=1, padding="valid")
+
+
 def covers_whole_input(input_shape, kernel_size, strides, padding):
     """Whether a convolution's kernel spans its whole input with no padding (a matmul)."""
     height, width = input_shape[1], input_shape[2]
@@ -82,9 +159,11 @@ def covers_whole_input(input_shape, kernel_size, strides, padding):
 def conv2d(inputs, kernel, strides, padding, filter_gradient="native"):
     """`channels_last` 2D convolution in the fastest of its exact formulations.
 
-    A kernel that covers the whole unpadded input is applied as one matmul
-    (see `covers_whole_input`); otherwise `filter_gradient` picks the filter
-    gradient's kernel.
+    On the TensorFlow backend, a kernel that covers the whole unpadded input
+    is applied as one matmul (see `covers_whole_input`); otherwise
+    `filter_gradient` picks the filter gradient's kernel. On other backends
+    it is `keras.ops.conv`, whatever `filter_gradient` says (on JAX on CPU,
+    `strided_as_stride_one` for strides above 1).
 
     Args:
         inputs: `[batch, height, width, in_channels]` tensor; the rewrites
@@ -94,15 +173,22 @@ def conv2d(inputs, kernel, strides, padding, filter_gradient="native"):
         strides: tuple of 2 ints.
         padding: `"valid"` or `"same"`.
         filter_gradient: `"native"` (TensorFlow's `Conv2DBackpropFilter`)
-            or `"forward_conv"` (the module doc's forward convolution).
+            or `"forward_conv"` (the module doc's forward convolution); only
+            the TensorFlow backend reads it.
 
     Returns:
         `[batch, out_h, out_w, filters]`, the same as `keras.ops.conv`.
     """
     check_filter_gradient(filter_gradient)
+    strides = tuple(int(s) for s in strides)
+    tf = _tensorflow()
+    if tf is None:
+        spatial_known = None not in tuple(inputs.shape[1:])
+        if strides != (1, 1) and spatial_known and _jax_on_cpu():
+            return strided_as_stride_one(inputs, kernel, strides, padding)
+        return keras.ops.conv(inputs, kernel, strides=strides, padding=padding)
     # Tensors, not variables: a custom gradient must not read a variable.
     inputs, kernel = tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel)
-    strides = tuple(int(s) for s in strides)
     kernel_size = tuple(kernel.shape[:2])
     padding_name = padding.upper()
     spatial_known = inputs.shape[1] is not None and inputs.shape[2] is not None
@@ -143,12 +229,17 @@ def conv2d_transpose(inputs, kernel, strides):
         `[batch, (height - 1) * stride_h + kernel_h, ..., out_channels]`,
         the same as `keras.ops.conv_transpose(..., padding="valid")`. From a
         1x1 input that is the kernel weighted by the input's channels, a
-        matmul (the decoder of a whole-input convolution).
+        matmul (the decoder of a whole-input convolution) on the TensorFlow
+        backend; elsewhere it is `keras.ops.conv_transpose` throughout.
     """
+    strides = tuple(int(s) for s in strides)
+    tf = _tensorflow()
+    if tf is None:
+        return keras.ops.conv_transpose(inputs, kernel, strides=strides, padding="valid")
     inputs, kernel = tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel)
     kernel_h, kernel_w, out_channels, in_channels = kernel.shape
     if inputs.shape[1] == 1 and inputs.shape[2] == 1:
         flat_kernel = tf.reshape(kernel, [kernel_h * kernel_w * out_channels, in_channels])
         outputs = tf.matmul(tf.reshape(inputs, [-1, in_channels]), flat_kernel, transpose_b=True)
         return tf.reshape(outputs, [-1, kernel_h, kernel_w, out_channels])
-    return keras.ops.conv_transpose(inputs, kernel, strides=tuple(strides), padding="valid")
+    return keras.ops.conv_transpose(inputs, kernel, strides=strides, padding="valid")

@@ -156,7 +156,9 @@ def _tensorflow_says():
 def warn_if_off():
     """Warns once per process when TensorFlow runs without oneDNN where it matters.
 
-    Does nothing before TensorFlow is imported (the entry points turn
+    Does nothing on Keras backends other than TensorFlow (JAX and PyTorch
+    run the layers on their own kernels, whatever TensorFlow's setting),
+    before TensorFlow is imported (the entry points turn
     oneDNN on then), after the first warning, when the user set
     `TF_ENABLE_ONEDNN_OPTS` (to anything: their choice stands), or where
     oneDNN is on or TensorFlow's default decides well anyway. The warning
@@ -167,6 +169,10 @@ def warn_if_off():
     """
     global _warned
     if _warned or "tensorflow" not in sys.modules or VARIABLE in os.environ:
+        return False
+    import keras  # Imported by now: TensorFlow is, and this runs when layers are built.
+
+    if keras.backend.backend() != "tensorflow":
         return False
     report = status()
     if report["enabled"] or not report["matters"]:

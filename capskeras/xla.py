@@ -13,6 +13,12 @@ Keras traces for `fit`, `evaluate`, `predict` and the `*_on_batch` methods
 (`in_keras_step`), so that every other trace, among them every SavedModel
 export (`capskeras.export`, `model.export()`, `tf.saved_model.save`),
 holds the plain kernels that TensorFlow Serving runs without extra flags.
+
+All of this is the TensorFlow backend's. On JAX and PyTorch `compiled`
+returns its function unchanged and `compiles_routing` answers False, so the
+layers run their plain `keras.ops` routing, which JAX's `jit` (Keras's
+`fit`, `evaluate`, `predict`) compiles with the rest of the step; TensorFlow
+is never imported there.
 """
 
 import keras

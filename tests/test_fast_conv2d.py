@@ -154,3 +154,21 @@ def test_transposed_convolution_equals_keras_and_is_a_matmul_from_one_position(s
         y, weights, (strides, strides))).get_concrete_function(
             tf.TensorSpec((None, size, size, 6))).graph
     assert ("Conv2DBackpropInput" in {op.type for op in graph.get_operations()}) == (size > 1)
+
+
+@pytest.mark.parametrize(
+    "size, kernel, strides, padding",
+    [(20, 9, (2, 2), "valid"), (7, 3, (2, 2), "same"), (11, 4, (3, 3), "valid"),
+     (9, 5, (2, 3), "same"), (6, 2, (2, 2), "valid")],
+)
+def test_strided_as_stride_one_equals_the_strided_convolution(size, kernel, strides, padding):
+    """JAX-on-CPU's formulation of strided convolutions: plain keras.ops, so checked here too."""
+    rng = np.random.default_rng(size)
+    inputs = rng.normal(size=(2, size, size + 1, 3)).astype("float32")
+    weights = rng.normal(size=(kernel, kernel, 3, 4)).astype("float32")
+    expected = keras.ops.conv(inputs, weights, strides=strides, padding=padding)
+    actual = convolution.strided_as_stride_one(keras.ops.convert_to_tensor(inputs),
+                                               keras.ops.convert_to_tensor(weights), strides,
+                                               padding)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(actual),
+                               keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-4)

@@ -127,6 +127,19 @@ def test_silent_when_the_user_chose_or_onednn_is_on_or_it_does_not_matter(
         assert not onednn.warn_if_off()
 
 
+def test_silent_on_other_keras_backends(monkeypatch):
+    """JAX and PyTorch run the layers on their own kernels: TensorFlow's oneDNN is no concern."""
+    import keras
+
+    monkeypatch.setattr(onednn, "_warned", False)
+    monkeypatch.delenv(onednn.VARIABLE, raising=False)
+    monkeypatch.setattr(onednn, "status", _fake_status(False, True))
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not onednn.warn_if_off()
+
+
 def test_importing_the_layers_after_tensorflow_without_onednn_warns_where_it_matters():
     """User code that imports TensorFlow first, without the variable."""
     result = _python(

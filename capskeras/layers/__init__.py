@@ -18,6 +18,7 @@ from capskeras.layers.rank_mask import RankMask
 from capskeras.layers.rotated_conv2d import RotatedConv2D
 from capskeras.layers.stop_gradient import StopGradient
 
-# Every capskeras model imports these layers, and by now Keras has started
-# TensorFlow: say once if it runs without oneDNN where that costs speed.
+# Every capskeras model imports these layers, and on the TensorFlow backend
+# Keras has started TensorFlow by now: say once if it runs without oneDNN
+# where that costs speed (on other backends this does nothing).
 onednn.warn_if_off()

@@ -1,4 +1,8 @@
-"""Assertions every capskeras layer and model must pass."""
+"""Assertions every capskeras layer and model must pass.
+
+Importing this module imports no TensorFlow; the SavedModel checks import it
+when called (they need the TensorFlow backend).
+"""
 
 import json
 import os
@@ -6,8 +10,6 @@ import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras.export import ExportArchive
 
 
 def assert_keras_round_trip(model, inputs, atol=1e-6):
@@ -33,6 +35,9 @@ def assert_keras_round_trip(model, inputs, atol=1e-6):
 
 def assert_saved_model_round_trip(model, inputs, atol=1e-5):
     """Exports `model`'s inference call as a SavedModel and compares outputs."""
+    import tensorflow as tf
+    from keras.export import ExportArchive
+
     expected = keras.ops.convert_to_numpy(model(inputs, training=False))
     archive = ExportArchive()
     archive.track(model)
