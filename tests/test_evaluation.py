@@ -343,7 +343,8 @@ def test_perturbation_figure_tool(tmp_path):
 
 def test_plots_write_and_check_shapes(tmp_path):
     path = plots.save_rotation_sweep_plot(
-        {"a": {0.0: 0.9, 35.0: 0.5}, "b": {"0": 0.8, "35": 0.4}}, str(tmp_path / "s.png")
+        {"a": {0.0: 0.9, 35.0: 0.5}, "b": {"0": 0.8, "35": 0.4}}, str(tmp_path / "s.png"),
+        published={"LeNet5": (35.0, 0.7605), "CapsNet": (35.0, 0.9212)},
     )
     assert Path(path).read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="11 perturbations"):

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def save_rotation_sweep_plot(sweeps, path, mark_angle=35.0, title=None):
+def save_rotation_sweep_plot(sweeps, path, mark_angle=35.0, title=None, published=None):
     """Saves accuracy against rotation angle, one line per model.
 
     Args:
@@ -18,6 +18,8 @@ def save_rotation_sweep_plot(sweeps, path, mark_angle=35.0, title=None):
         mark_angle: an angle to mark with a dashed vertical line (35
             degrees by default); `None` for none.
         title: optional figure title.
+        published: optional `{label: (angle in degrees, accuracy in [0, 1])}`,
+            published points drawn as open markers with their labels.
 
     Returns:
         `path`.
@@ -34,6 +36,10 @@ def save_rotation_sweep_plot(sweeps, path, mark_angle=35.0, title=None):
             angles, [100.0 * by_angle[angle] for angle in angles],
             marker="o", markersize=3, linewidth=1.5, label=name,
         )
+    for label, (angle, value) in (published or {}).items():
+        axis.plot([angle], [100.0 * value], marker="D", markersize=6, linestyle="none",
+                  markerfacecolor="none", label=f"published: {label}")
+        all_angles.append(float(angle))
     low, high = min(all_angles), max(all_angles)
     if mark_angle is not None:
         axis.axvline(mark_angle, color="gray", linestyle="--", linewidth=1)

@@ -326,6 +326,8 @@ def write_report(results, output_dir):
         figures.append(plots.save_rotation_sweep_plot(
             sweeps, os.path.join(output_dir, ROTATION_PNG), mark_angle=35.0,
             title="MNIST test accuracy under rotation",
+            published={anchor.model: (anchor.angle, anchor.accuracy / 100)
+                       for anchor in ANCHORS if anchor.dataset == "rotated_mnist"},
         ))
     report = format_report(results, [os.path.basename(f) for f in figures])
     report_path = os.path.join(output_dir, REPORT_FILE)
