@@ -197,7 +197,9 @@ class _Run:
         validate = None
         if self.chief and config.validation_examples:
             validation = self._data(model, "validation")
-            validate = lambda: _evaluate(self._local(model), validation)  # noqa: E731
+
+            def validate():
+                return _evaluate(self._local(model), validation)
         if self.chief:
             log_dir = os.path.join(config.model_dir, "logs", stage_name or "")
             callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
