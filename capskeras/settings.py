@@ -75,19 +75,6 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-def fields_of(settings_class):
-    """The `dataclasses.Field`s of a settings class, in declaration order."""
-    return dataclasses.fields(settings_class)
-
-
-def resume_rule(settings_class, name):
-    """The resume rule of field `name` of `settings_class`."""
-    for field in dataclasses.fields(settings_class):
-        if field.name == name:
-            return field.metadata.get("resume", RUN)
-    raise KeyError(name)
-
-
 def _has_type(value, expected):
     if expected is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)

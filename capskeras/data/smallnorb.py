@@ -55,7 +55,6 @@ from capskeras.data import mnist
 
 NAME = "smallnorb"
 SPLITS = ("train", "test")
-RAW_SIZE = 96
 RESIZED_SIZE = 48
 CROP_SIZE = 32
 IMAGE_SHAPE = (CROP_SIZE, CROP_SIZE, 1)

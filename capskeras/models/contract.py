@@ -22,8 +22,6 @@ convolutions returns one with ordinary convolutions).
 from typing import Protocol
 from typing import runtime_checkable
 
-SERVING_OUTPUTS = ("encoding", "probabilities", "class_ids", "reconstruction")
-
 
 @runtime_checkable
 class ServableModel(Protocol):
