@@ -7,7 +7,8 @@ routing reads. `compiled` compiles just such a function and leaves the rest
 of the model to the backend's own kernels.
 
 Layers choose per call whether to use it, from a serialized argument (see
-`CapsuleDense`'s `routing_jit_compile`), never from global state. Their
+`CapsuleDense`'s `routing_jit_compile`, `PredCaps`' `selection_jit_compile`),
+never from global state. Their
 `"auto"` setting compiles only inside the train, test and predict steps that
 Keras traces for `fit`, `evaluate`, `predict` and the `*_on_batch` methods
 (`in_keras_step`), so that every other trace, among them every SavedModel
@@ -15,8 +16,8 @@ export (`capskeras.export`, `model.export()`, `tf.saved_model.save`),
 holds the plain kernels that TensorFlow Serving runs without extra flags.
 
 All of this is the TensorFlow backend's. On JAX and PyTorch `compiled`
-returns its function unchanged and `compiles_routing` answers False, so the
-layers run their plain `keras.ops` routing, which JAX's `jit` (Keras's
+returns its function unchanged and `compiles_now` answers False, so the
+layers run their plain `keras.ops` routing or selection, which JAX's `jit` (Keras's
 `fit`, `evaluate`, `predict`) compiles with the rest of the step; TensorFlow
 is never imported there.
 """
@@ -105,19 +106,27 @@ def compiled(function):
     return tf.function(function, jit_compile=True, autograph=False)
 
 
-def check_routing_jit_compile(value, name="routing_jit_compile"):
-    """Raises ValueError, naming setting `name`, unless `value` is `"auto"`, `True` or `False`."""
+def check_jit_compile_setting(value, name):
+    """Raises ValueError, naming setting `name`, unless `value` is `"auto"`, `True` or `False`.
+
+    Args:
+        value: a layer's jit-compile setting (`routing_jit_compile`,
+            `selection_jit_compile`).
+        name: the setting's name, as the error says it.
+    """
     if not (isinstance(value, bool) or value == "auto"):
         raise ValueError(f"Received: {name}={value!r}; expected 'auto', True or False")
 
 
-def compiles_routing(routing_jit_compile):
-    """Whether a layer with this `routing_jit_compile` runs its routing under XLA now.
+def compiles_now(jit_compile):
+    """Whether a layer with this jit-compile setting runs its compiled function now.
 
-    `"auto"` compiles inside the steps Keras traces for `fit`, `evaluate`
-    and `predict` (`in_keras_step`), so exports hold plain
-    kernels; `True` compiles wherever XLA is available; `False` never.
+    The setting is a layer's `routing_jit_compile` (its routing) or
+    `selection_jit_compile` (`PredCaps`' selection). `"auto"` compiles
+    inside the steps Keras traces for `fit`, `evaluate` and `predict`
+    (`in_keras_step`), so exports hold plain kernels; `True` compiles
+    wherever XLA is available; `False` never.
     """
-    if routing_jit_compile == "auto":
+    if jit_compile == "auto":
         return in_keras_step()
-    return bool(routing_jit_compile) and available()
+    return bool(jit_compile) and available()

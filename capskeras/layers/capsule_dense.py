@@ -111,7 +111,7 @@ class CapsuleDense(keras.layers.Layer):
         check_positive_int("num_capsules", num_capsules)
         check_positive_int("capsule_dim", capsule_dim)
         check_positive_int("routing_iterations", routing_iterations)
-        xla.check_routing_jit_compile(routing_jit_compile)
+        xla.check_jit_compile_setting(routing_jit_compile, "routing_jit_compile")
         self.routing_jit_compile = routing_jit_compile
         self.num_capsules = num_capsules
         self.capsule_dim = capsule_dim
@@ -144,7 +144,7 @@ class CapsuleDense(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_couplings=False):
         kernel = self.kernel.value  # In the compute dtype (autocast).
-        if not xla.compiles_routing(self.routing_jit_compile):
+        if not xla.compiles_now(self.routing_jit_compile):
             outputs, couplings = route_by_agreement(
                 inputs, kernel, self.routing_iterations, return_couplings
             )

@@ -1,7 +1,8 @@
 """EM routing between matrix capsules (Hinton, Sabour and Frosst 2018).
 
-The functions here are shared by `ConvMatrixCapsules` and
-`ClassMatrixCapsules`; they are not layers. The votes, the
+`ConvMatrixCapsules` and `ClassMatrixCapsules` share what is here: the
+routing functions, and `EmRoutingLayer`, their common (non-public) base
+layer holding the routing settings and weights. The votes, the
 largest tensor of a layer, are written once (one batched matmul per child
 slot) and only read afterwards, laid out `[batch, positions P, parent
 types C, children I, 16]`: the `I` children of each parent are
@@ -338,7 +339,7 @@ class EmRoutingLayer(keras.layers.Layer):
         check_positive_int("routing_iterations", routing_iterations)
         check_positive_float("inverse_temperature", inverse_temperature)
         check_positive_float("variance_floor", variance_floor)
-        xla.check_routing_jit_compile(routing_jit_compile)
+        xla.check_jit_compile_setting(routing_jit_compile, "routing_jit_compile")
         self.routing_iterations = routing_iterations
         self.inverse_temperature = float(inverse_temperature)
         self.variance_floor = float(variance_floor)
@@ -358,7 +359,7 @@ class EmRoutingLayer(keras.layers.Layer):
     def route(self, plain, compiled, inputs, *geometry):
         """`plain` or `compiled`(poses, activations, weights, *geometry, routing settings)."""
         poses, activations = inputs
-        routing = compiled if xla.compiles_routing(self.routing_jit_compile) else plain
+        routing = compiled if xla.compiles_now(self.routing_jit_compile) else plain
         out_poses, out_activations = routing(
             ops.cast(poses, "float32"), ops.cast(activations, "float32"),
             self.kernel.value, self.beta_u.value, self.beta_a.value, *geometry,

@@ -255,7 +255,7 @@ class PredCapsLayer(keras.layers.Layer):
                 f"Received: statistics_decay={statistics_decay!r}; expected a float in [0, 1)"
             )
         self.statistics_decay = float(statistics_decay)
-        xla.check_routing_jit_compile(selection_jit_compile, name="selection_jit_compile")
+        xla.check_jit_compile_setting(selection_jit_compile, "selection_jit_compile")
         self.selection_jit_compile = selection_jit_compile
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(
@@ -343,7 +343,7 @@ class PredCapsLayer(keras.layers.Layer):
         statistics = None
         if self.lifetime == "standardize" and not training:
             statistics = self._moving_statistics()
-        select = _compiled_select if xla.compiles_routing(self.selection_jit_compile) \
+        select = _compiled_select if xla.compiles_now(self.selection_jit_compile) \
             else _select
         outputs, mask, batch_statistics = select(
             z, feedback, log_boost, statistics, self._selection_settings(training))
