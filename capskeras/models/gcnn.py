@@ -38,8 +38,8 @@ from capskeras.layers import GroupBatchNormalization
 from capskeras.layers import GroupConv2D
 from capskeras.layers import GroupPooling
 from capskeras.layers import group_algebra
-from capskeras.models import heads
 from capskeras.models.study import StudyModel
+from capskeras.models.study import feature_classifier
 
 Z2CNN_CHANNELS = 20
 Z2CNN_DROPOUT = 0.3
@@ -127,16 +127,6 @@ def z2cnn_features(image_shape=(28, 28, 1), channels=Z2CNN_CHANNELS, dropout=Z2C
     return keras.Sequential(stack, name=name)
 
 
-def _classifier(features, num_classes, name):
-    model = StudyModel(
-        features,
-        heads.ClassificationHead(num_classes, hidden_units=(), name="class_head"),
-        name=name,
-    )
-    model.build((None,) + tuple(features.input_shape[1:]))
-    return model
-
-
 def build_p4cnn(image_shape=(28, 28, 1), num_classes=10, seed=None, group="p4",
                 channels=None, dropout=0.0):
     """P4CNN (or, with `group="p4m"`, P4M-CNN) as a classifier meeting the serving contract.
@@ -146,14 +136,14 @@ def build_p4cnn(image_shape=(28, 28, 1), num_classes=10, seed=None, group="p4",
     network, which read its last layer's channels as logits).
     """
     features = gcnn_features(image_shape, group, channels, dropout, seed)
-    return _classifier(features, num_classes, f"{group}cnn")
+    return feature_classifier(features, num_classes, name=f"{group}cnn")
 
 
 def build_z2cnn(image_shape=(28, 28, 1), num_classes=10, seed=None,
                 channels=Z2CNN_CHANNELS, dropout=Z2CNN_DROPOUT):
     """Z2CNN, the paper's plain baseline, as a classifier meeting the serving contract."""
-    return _classifier(z2cnn_features(image_shape, channels, dropout, seed), num_classes,
-                       "z2cnn")
+    return feature_classifier(z2cnn_features(image_shape, channels, dropout, seed), num_classes,
+                              name="z2cnn")
 
 
 def fold_for_serving(model):

@@ -3,6 +3,7 @@
 import keras
 
 from capskeras.layers.stop_gradient import StopGradient
+from capskeras.models import heads
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -132,3 +133,31 @@ class StudyModel(keras.Model):
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)
+
+
+def feature_classifier(features, num_classes=10, dropout=0.0, name=None):
+    """A `StudyModel`: `features` under one softmax layer, built.
+
+    The convolutional baselines and the group-convolution networks are
+    classifiers of this form: a features model trained with the single
+    dense layer to the class logits.
+
+    Args:
+        features: a model mapping `[B, H, W, C]` images to `[B, code_dim]`,
+            its input shape known.
+        num_classes: number of classes.
+        dropout: dropout rate before the softmax layer.
+        name: the model's name.
+
+    Returns:
+        A built `StudyModel` whose head is a `ClassificationHead` without
+        hidden layers.
+    """
+    model = StudyModel(
+        features,
+        heads.ClassificationHead(num_classes, hidden_units=(), dropout=dropout,
+                                 name="class_head"),
+        name=name,
+    )
+    model.build((None,) + tuple(features.input_shape[1:]))
+    return model
