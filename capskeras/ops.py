@@ -1,4 +1,4 @@
-"""Capsule math as pure `keras.ops` functions: norms, squash, lengths.
+"""Capsule math as pure `keras.ops` functions: norms, squash, lengths, the longest.
 
 All functions are backend-agnostic and keep the dtype of their input. Half
 precision inputs (`float16`, `bfloat16`) are upcast to `float32` for the
@@ -117,3 +117,18 @@ def capsule_lengths(capsules, epsilon=1e-7):
         Tensor of shape `(..., num_capsules)`: `safe_norm` over the last axis.
     """
     return safe_norm(capsules, axis=-1, keepdims=False, epsilon=epsilon)
+
+
+def longest_capsule(capsules):
+    """The index of the longest capsule: `[batch, num_capsules, dim] -> [batch]`.
+
+    The capsule `CapsuleMask` keeps without labels, the one a CapsNet's
+    decoder reconstructs from at inference.
+
+    Args:
+        capsules: Tensor of shape `(..., num_capsules, capsule_dim)`.
+
+    Returns:
+        Integer tensor of shape `(...)`.
+    """
+    return ops.argmax(capsule_lengths(capsules), axis=-1)

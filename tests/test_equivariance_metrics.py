@@ -215,9 +215,15 @@ def test_study_capsnet_and_sparsecaps_models_as_code_models(tmp_path):
     np.testing.assert_allclose(out["codes"], np.asarray(study.encode(images)), rtol=1e-5, atol=1e-6)
 
     keras.utils.set_random_seed(0)
-    capsnet = equivariance.code_model_from_keras(build_model("capsnet"), "capsnet")
+    capsnet_model = build_model("capsnet")
+    capsnet = equivariance.code_model_from_keras(capsnet_model, "capsnet")
     out = equivariance.perturbation_sweeps(capsnet, images, scales=(-1.0, 0.0, 1.0))
     assert out["images"].shape == (3, 16, 3, 28, 28)
+    # Unperturbed, the code decodes to the model's own reconstruction (longest capsule kept).
+    np.testing.assert_allclose(
+        out["images"][:, 0, 1],
+        np.asarray(capsnet_model.serving_outputs(images)["reconstruction"])[..., 0],
+        rtol=1e-4, atol=1e-5)
     winners = out["elements"][:, 0] // 16
     np.testing.assert_array_equal(out["elements"], winners[:, None] * 16 + np.arange(16))
 

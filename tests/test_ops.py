@@ -79,3 +79,12 @@ def test_capsule_lengths_shape_and_values():
     assert lengths.shape == (2, 3)
     assert lengths[0, 1] == pytest.approx(5.0, rel=1e-6)
     assert lengths[1, 0] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_longest_capsule_index():
+    caps = np.zeros((2, 3, 4), dtype="float32")
+    caps[0, 0] = [0.5, 0.5, 0.5, 0.5]
+    caps[0, 2] = [0.0, 0.0, -1.5, 0.0]
+    caps[1, 1] = [0.0, 3.0, 4.0, 0.0]
+    caps[1, 2] = [4.9, 0.0, 0.0, 0.0]
+    np.testing.assert_array_equal(ops.convert_to_numpy(capsule_ops.longest_capsule(caps)), [2, 1])

@@ -49,6 +49,7 @@ import capskeras.models  # noqa: F401  Registers the classes `model.keras` files
 from capskeras.data import affnist
 from capskeras.data import transforms
 from capskeras.evaluation import judge as judge_lib
+from capskeras.evaluation import perturbation
 from capskeras.evaluation.generalization import keras_input_shape
 
 # Offsets in standard deviations of the perturbed element: -2.5 ... 2.5.
@@ -137,12 +138,10 @@ def code_model_from_keras(model, name, path=""):
                 model.encoder(x, training=False), (-1, count * dim)), images)
 
         def decode(codes):
+            # The model's own mask keeps the longest capsule, as at inference.
             capsules = np.asarray(codes, "float32").reshape(-1, count, dim)
-            keep = np.argmax(np.linalg.norm(capsules, axis=-1), axis=-1)
-            mask = np.zeros((len(capsules), count, 1), "float32")
-            mask[np.arange(len(capsules)), keep] = 1.0
-            masked = (capsules * mask).reshape(-1, count * dim)
-            return _batched(lambda c: model.decoder(c, training=False), masked)[..., 0]
+            return _batched(lambda c: model.decoder(model.mask(c), training=False),
+                            capsules)[..., 0]
 
         return CodeModel(name, path, image_shape, encode, decode,
                          first_layer=_first_conv(model.encoder), capsules=(count, dim))
@@ -225,7 +224,7 @@ def perturbation_sweeps(code_model, images, scales=SCALES, rows=8, spread=None):
     spread = element_spread(codes) if spread is None else np.asarray(spread, "float32")
     if code_model.capsules:
         count, dim = code_model.capsules
-        winners = np.argmax(np.linalg.norm(codes.reshape(-1, count, dim), axis=-1), axis=-1)
+        winners = perturbation.winning_capsules(codes.reshape(-1, count, dim))
         elements = winners[:, None] * dim + np.arange(dim)[None, :]
     else:
         rows = min(int(rows), codes.shape[1])

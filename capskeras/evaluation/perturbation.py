@@ -19,6 +19,8 @@ NumPy: capsules -> masked, perturbed decoder inputs) and
 import keras
 import numpy as np
 
+from capskeras import ops as capsule_ops
+
 # Offsets added to one capsule dimension: -0.25, -0.20, ..., 0.25.
 PERTURBATIONS = tuple(round(0.05 * step, 2) for step in range(-5, 6))
 
@@ -34,7 +36,7 @@ def winning_capsules(capsules):
         inference (`CapsuleMask` without labels keeps the same one).
     """
     capsules = _check_capsules(capsules)
-    return np.argmax(np.linalg.norm(capsules, axis=-1), axis=-1).astype("int64")
+    return keras.ops.convert_to_numpy(capsule_ops.longest_capsule(capsules)).astype("int64")
 
 
 def perturbed_decoder_inputs(capsules, perturbations=PERTURBATIONS, class_ids=None):

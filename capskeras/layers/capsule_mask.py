@@ -76,7 +76,7 @@ class CapsuleMask(keras.layers.Layer):
     def call(self, capsules, mask_labels=None):
         num_capsules, capsule_dim = capsules.shape[1], capsules.shape[2]
         if mask_labels is None:
-            indices = ops.argmax(capsule_ops.capsule_lengths(capsules), axis=-1)
+            indices = capsule_ops.longest_capsule(capsules)
         else:
             indices = self._label_indices(mask_labels, num_capsules)
         mask = ops.one_hot(indices, num_capsules, dtype=capsules.dtype)
