@@ -58,7 +58,7 @@ def test_layers_losses_and_ops_match_tensorflow(backend, reference):
 
 MNIST_IDX = REPO.parent / "shared" / "data" / "mnist_idx"
 EXAMPLE_SETTINGS = {
-    'mnist = "../shared/data/mnist_idx"': f"mnist = {str(MNIST_IDX)!r}",
+    'mnist = os.environ.get("MNIST_IDX_DIR", "mnist_idx")': f"mnist = {str(MNIST_IDX)!r}",
     "train_examples, test_examples = 60000, 10000": "train_examples, test_examples = 256, 100",
 }
 
