@@ -36,12 +36,17 @@ def reported_as_write_error(path):
     except Exception as error:
         if not _is_write_failure(error):
             raise
-        reason = (getattr(error, "message", None) or str(error)).strip().splitlines()
         raise WriteError(
-            f"Could not write {path} ({reason[0][:300] if reason else type(error).__name__}); "
+            f"Could not write {path} ({error_summary(error)}); "
             "what was there before is kept. Free space there (or fix the directory), then run "
             "the same command again"
         ) from error
+
+
+def error_summary(error):
+    """The first line of `error`'s message (TensorFlow's or Python's), at most 300 characters."""
+    text = (getattr(error, "message", None) or str(error)).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _is_write_failure(error):

@@ -14,6 +14,7 @@ disk that fills up mid-save:
   stays the newest one referenced.
 """
 
+import contextlib
 import glob
 import os
 import re
@@ -24,6 +25,7 @@ from absl import logging
 import tensorflow as tf
 
 from capskeras.files import WriteError
+from capskeras.files import error_summary
 from capskeras.files import write_text_atomically
 
 DAMAGED_PREFIX = "damaged-"
@@ -83,8 +85,7 @@ def restore_newest_readable(checkpoint, manager, newest=None):
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, ValueError, IndexError, AssertionError) as error:
-            message = str(error).strip().splitlines()[0][:300] if str(error).strip() else \
-                type(error).__name__
+            message = error_summary(error)
             logging.warning("Checkpoint %s cannot be read (%s); trying the next older one",
                             path, message)
             skipped.append({"checkpoint": path, "error": message})
@@ -116,10 +117,13 @@ def save(manager, number):
         if manager.latest_checkpoint != prefix:
             for partial in glob.glob(glob.escape(prefix) + ".*") + \
                     glob.glob(glob.escape(prefix) + "_temp*"):
-                shutil.rmtree(partial, ignore_errors=True) if os.path.isdir(partial) \
-                    else _remove(partial)
+                if os.path.isdir(partial):
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.remove(partial)
         raise CheckpointWriteError(
-            f"Could not write checkpoint {prefix} ({_reason(error)}); training stopped. "
+            f"Could not write checkpoint {prefix} ({error_summary(error)}); training stopped. "
             f"The previous checkpoint is kept: {manager.latest_checkpoint or 'none yet'}. "
             "Free space there (or fix the directory), then run the same command again to resume"
         ) from error
@@ -148,15 +152,3 @@ def _set_aside(damaged, restored, manager):
         # The manager tracks (and so later deletes) only checkpoints newer than this.
         last_preserved_timestamp=min(when for _, when in kept) - 1)
     write_text_atomically(os.path.join(manager.directory, "checkpoint"), str(proto))
-
-
-def _reason(error):
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass

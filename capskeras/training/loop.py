@@ -261,7 +261,7 @@ def _common_checkpoint(strategy, manager, worker_id, keep):
         WorkersDisagreeError: the workers hold checkpoints, but no step in common.
     """
     workers, local_replicas = replicas_per_worker(strategy)
-    paths = {int(path.rsplit("-", 1)[1]): path for path in manager.checkpoints}
+    paths = {checkpoints.checkpoint_number(path): path for path in manager.checkpoints}
     steps = sorted(paths)[-keep:]
     # Every worker fills its own row (steps + 1, 0 for none): their SUM is all rows.
     rows = np.zeros((workers, keep), np.int64)
