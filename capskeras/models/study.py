@@ -174,6 +174,20 @@ def first_convolution(model):
     return None
 
 
+def frozen_under_head(encoder, head, image_shape, name=None):
+    """A built `StudyModel`: `encoder` frozen under `head`, for heads on a frozen code.
+
+    Args:
+        encoder: a model mapping `[B, H, W, C]` images to `[B, code_dim]`.
+        head: a head from `capskeras.models.heads`.
+        image_shape: `(H, W, C)` of the images.
+        name: the model's name.
+    """
+    model = StudyModel(encoder, head, freeze_encoder=True, name=name)
+    model.build((None,) + tuple(image_shape))
+    return model
+
+
 def feature_classifier(features, num_classes=10, dropout=0.0, name=None):
     """A `StudyModel`: `features` under one softmax layer, built.
 

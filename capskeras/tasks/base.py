@@ -26,7 +26,7 @@ from typing import Callable
 
 from capskeras.models import registry
 from capskeras.models.contract import check_supports
-from capskeras.models.study import StudyModel
+from capskeras.models.study import frozen_under_head
 from capskeras.settings import Settings
 
 TASKS = {}
@@ -219,10 +219,8 @@ class Task:
                 defaults to the task's name.
         """
         shape = self.image_shape()
-        model = StudyModel(encoder, registry.build_head(head, shape), freeze_encoder=True,
-                           name=f"enc_{encoder_name or self.name}_dec_{head}")
-        model.build((None,) + shape)
-        return model
+        return frozen_under_head(encoder, registry.build_head(head, shape), shape,
+                                 name=f"enc_{encoder_name or self.name}_dec_{head}")
 
 
 def register_task(name):
