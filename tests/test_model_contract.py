@@ -9,6 +9,7 @@ import importlib.util
 import json
 import pathlib
 import re
+import subprocess
 import sys
 
 from absl import flags
@@ -30,6 +31,7 @@ NAME = "tiny_autoencoder"
 
 
 def _tool(name):
+    """Imports `tools/<name>.py`, a script, not a package module."""
     module_name = f"capskeras_tools_{name}"
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, REPO / "tools" / f"{name}.py")
@@ -70,15 +72,22 @@ def test_the_readme_family_trains_exports_and_meets_every_tool(tmp_path, family)
         images=tf.constant(images))
     assert served["encoding"].shape == (2, 8) and served["reconstruction"].shape == (2, 28, 28, 1)
 
-    # The equivariance report: sweeps decode through the family's code_decoder().
-    report = _tool("equivariance_report")
-    code_model = equivariance.load_code_model(run_dir)
-    assert code_model.decode is not None and code_model.feature_responses is None
-    settings = {"grid_digits": 1, "sweep_digits": 2, "rows": 3, "pairs": 16, "family_digits": 2,
-                "scales": [-1.0, 0.0, 1.0]}
-    result = report.evaluate_model(code_model, None, str(tmp_path / "report"), settings)
+    # The equivariance report (its own process, the family's module imported
+    # first): sweeps decode through the family's code_decoder().
+    tool = REPO / "tools" / "equivariance_report.py"
+    arguments = [str(tool), f"--models={run_dir}", "--judge=", f"--output_dir={tmp_path / 'eq'}",
+                 "--sweep_digits=2", "--rows=3", "--pairs=16", "--family_digits=2",
+                 "--grid_digits=1", "--scales=-1,0,1"]
+    script = (_readme_family() + "\nimport runpy, sys\n"
+              f"sys.argv = {arguments!r}\nrunpy.run_path({str(tool)!r}, run_name='__main__')\n")
+    report = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    result = json.loads((tmp_path / "eq" / "run_equivariance.json").read_text())
     assert set(result["transforms"]) == set(equivariance.TRANSFORMS)
     assert result["sweeps"]["pixel_change_per_step"] > 0
+    code_model = equivariance.load_code_model(run_dir)
+    assert code_model.decode is not None and code_model.feature_responses is None
     trained = keras.saving.load_model(run_dir / "model.keras")
     sweeps = equivariance.perturbation_sweeps(code_model, images, scales=(0.0,), rows=1)
     np.testing.assert_allclose(sweeps["images"][:, 0, 0],

@@ -3,9 +3,11 @@
 A task owns everything model-specific: its settings (a `Settings`
 dataclass, whose fields become the trainer's flags), their validation, its
 model, its inputs, and any training stages before the model's own (the
-k-sparse autoencoder today). The trainer owns the loop: strategy, steps,
-checkpoints, resume, logs, evaluation and export. It finds a task by name
-in `TASKS`, and knows no family by name.
+k-sparse autoencoder today), and where the frozen encoder that
+`tools/study_heads.py` trains heads on comes from (`frozen_encoder`,
+`heads_model`). The trainer owns the loop: strategy, steps, checkpoints,
+resume, logs, evaluation and export. It finds a task by name in `TASKS`,
+and knows no family by name.
 
     @register_task("my_family")
     class MyTask(MnistTask):
