@@ -211,7 +211,10 @@ def test_study_capsnet_and_sparsecaps_models_as_code_models(tmp_path):
     out = equivariance.perturbation_sweeps(loaded, images, rows=4)
     assert out["images"].shape == (3, 4, len(equivariance.SCALES), 28, 28)
     assert out["codes"].shape == (3, 256)
-    assert loaded.first_layer.name == "conv_1"
+    # The rotated-feature chart reads the encoder's first convolution.
+    np.testing.assert_allclose(
+        equivariance.response_maps(loaded.feature_responses, images),
+        np.asarray(study.encoder.get_layer("conv_1")(images)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["codes"], np.asarray(study.encode(images)), rtol=1e-5, atol=1e-6)
 
     keras.utils.set_random_seed(0)
@@ -237,7 +240,9 @@ def test_study_capsnet_and_sparsecaps_models_as_code_models(tmp_path):
     # The code is the rank mask's output: capsules ranked 6th or lower are zero.
     norms = np.linalg.norm(out["codes"].reshape(3, 16, 16), axis=-1)
     assert ((norms > 0).sum(-1) <= 6).all()
-    assert sparsecaps.first_layer is sparsecaps_model.conv
+    np.testing.assert_allclose(
+        equivariance.response_maps(sparsecaps.feature_responses, images),
+        np.asarray(sparsecaps_model.conv(images)), rtol=1e-5, atol=1e-6)
 
     classifier = equivariance.code_model_from_keras(
         build_study_model("untrained", "class", seed=0), "class")

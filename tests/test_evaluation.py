@@ -319,7 +319,7 @@ def test_perturbation_rejects_bad_inputs(capsnet):
         perturbation.perturbed_decoder_inputs(np.zeros((10, 16)))
     with pytest.raises(ValueError, match="class_ids"):
         perturbation.perturbed_decoder_inputs(np.ones((1, 10, 16)), class_ids=[10])
-    with pytest.raises(ValueError, match="CapsNet"):
+    with pytest.raises(ValueError, match=r"without \['code_capsules', 'code_decoder'\]"):
         perturbation.perturbation_images(build_model("lenet5"), np.zeros((1, 28, 28, 1)))
 
 
@@ -368,10 +368,9 @@ def test_a_subclassed_encoders_model_dir_loads_with_its_build_shape(tmp_path):
     assert code_model.image_shape == (28, 28, 1) and code_model.decode is not None
     assert np.asarray(code_model.encode(np.zeros((2, 28, 28, 1), "float32"))).shape == (2, 256)
     # The rotated-feature chart reads its first layer's filter responses, the drive.
-    first = code_model.first_layer
-    assert first.name == "pred_caps_1"
+    first = keras.saving.load_model(tmp_path / "recon" / "model.keras").encoder.pred_caps_layers[0]
     images = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype("float32")
-    maps = equivariance.response_maps(first, images)
+    maps = equivariance.response_maps(code_model.feature_responses, images)
     assert maps.shape == (3, 10, 10, 64)
     np.testing.assert_allclose(maps, first.drive(images), rtol=1e-5, atol=1e-6)
     assert np.count_nonzero(maps) > np.count_nonzero(first(images))  # before the selection

@@ -79,11 +79,11 @@ def installed_backends():
 def _model(name):
     import keras
 
-    from capskeras.models import CapsNet
+    from capskeras import tasks
     from capskeras.models.gcnn import build_p4cnn
 
     if name == "capsnet":
-        model = CapsNet()
+        model = tasks.build_model("capsnet")
         model.compile(keras.optimizers.Adam(1e-3), model.default_loss())
         return model, model.make_example
     if name == "p4cnn":

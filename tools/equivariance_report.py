@@ -105,16 +105,16 @@ def evaluate_model(code_model, judge, output_dir, settings, data_dir=None):
     start = settings["sweep_digits"] + 1000
     pairs = test_digits(settings["pairs"], code_model.image_shape, data_dir, offset=start)
     result["transforms"] = equivariance.equivariance_table(code_model, pairs)
-    if code_model.first_layer is not None:
+    if code_model.feature_responses is not None:
         images = test_digits(settings["family_digits"], code_model.image_shape, data_dir,
                              offset=start)
-        layer = code_model.first_layer
+        respond = code_model.feature_responses
         families = equivariance.rotated_families(
-            lambda x: equivariance.response_maps(layer, x), images)
+            lambda x: equivariance.response_maps(respond, x), images)
         path = os.path.join(output_dir, f"{slug}_families.png")
         equivariance.save_families_chart(
-            families, path, title=f"{code_model.name}: rotated feature families of "
-                                  f"{layer.name} ({families['partner'].size} units)")
+            families, path, title=f"{code_model.name}: rotated feature families of its "
+                                  f"first layer ({families['partner'].size} units)")
         result["figures"]["families"] = os.path.basename(path)
         result["families"] = equivariance.family_summary(families)
         result["families"]["per_unit"] = {

@@ -1,17 +1,20 @@
-"""What CapsNet's capsule dimensions encode: Sabour et al. (2017), Fig. 4.
+"""What a capsule code's dimensions encode: Sabour et al. (2017), Fig. 4.
 
     python tools/perturbation_figure.py --model_dir=runs/capsnet
     python tools/perturbation_figure.py --untrained --output=/tmp/perturbations.png
 
 Takes the first `--num_digits` MNIST test digits, encodes each with a
-trained CapsNet (`<model_dir>/model.keras`, as `capskeras-train
---model=capsnet` writes it), finds its winning (longest) digit capsule,
-adds each of -0.25, -0.20, ..., 0.25 to each of the capsule's 16
-dimensions in turn and decodes every perturbed capsule with the CapsNet
-decoder, all other capsules masked. The PNG has one block per digit: 16
-rows (the dimensions) by 11 columns (the perturbations); the middle column
-is the unperturbed reconstruction. `--untrained` builds a fresh CapsNet
-instead, a smoke run of the figure without a trained model.
+trained model (`<model_dir>/model.keras`, as `capskeras-train` writes it;
+CapsNet's is the figure of the paper), finds its winning (longest) capsule,
+adds each of -0.25, -0.20, ..., 0.25 to each of the capsule's dimensions
+in turn and decodes every perturbed capsule with the model's decoder, all
+other capsules masked. The model needs a capsule code and a decoder (the
+contract's `code_capsules` and `code_decoder()`,
+`capskeras/models/contract.py`). The PNG has one block per digit: a row
+per dimension by 11 columns (the perturbations); the middle column is the
+unperturbed reconstruction. `--untrained` builds a fresh model of
+`--model` (default `capsnet`) instead, a smoke run of the figure without a
+trained model.
 
 The computation is `capskeras.evaluation.perturbation`; this script only
 reads the model and the digits and writes the figure (by default
@@ -35,53 +38,58 @@ from capskeras import tasks  # noqa: E402
 from capskeras.data import mnist  # noqa: E402
 from capskeras.evaluation import perturbation  # noqa: E402
 from capskeras.evaluation import plots  # noqa: E402
-from capskeras.models.capsnet import CapsNet  # noqa: E402
+from capskeras.evaluation.generalization import keras_input_shape  # noqa: E402
+from capskeras.models.contract import check_supports  # noqa: E402
 
 FLAGS = flags.FLAGS
 OUTPUT_FILE = "perturbations.png"
+PURPOSE = "The perturbation figure (a capsule code and its decoder)"
 
 
-def _define(kind, name, default, help_text):
-    """Defines `--name` unless defined already (the trainer shares some names)."""
-    if name not in FLAGS:
-        getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+def define_flags(flag_values=FLAGS):
+    """Defines the tool's flags on `flag_values`, each unless defined already."""
+    definitions = [
+        ("string", "model_dir", "", "A trained model's directory, holding model.keras."),
+        ("boolean", "untrained", False,
+         "Build a fresh, untrained model of --model instead of loading --model_dir."),
+        ("string", "model", "capsnet", "With --untrained: the task to build (capsnet, ...)."),
+        ("integer", "num_digits", 3, "How many test digits (the first N of the split)."),
+        ("string", "output", "",
+         f"The PNG to write; defaults to <model_dir>/{OUTPUT_FILE}, or ./{OUTPUT_FILE} "
+         "with --untrained."),
+        ("integer", "seed", 0, "Seeds the untrained model's initializers."),
+        ("string", "data_dir", "",
+         "Prepared TFDS directory; empty for $TFDS_DATA_DIR or TFDS's default."),
+    ]
+    for kind, name, default, help_text in definitions:
+        if name not in flag_values:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
 
 
-_define("string", "model_dir", "", "A trained CapsNet's model directory, holding model.keras.")
-_define("boolean", "untrained", False,
-        "Build a fresh, untrained CapsNet instead of loading --model_dir.")
-_define("integer", "num_digits", 3, "How many test digits (the first N of the split).")
-_define("string", "output", "",
-        f"The PNG to write; defaults to <model_dir>/{OUTPUT_FILE}, or ./{OUTPUT_FILE} "
-        "with --untrained.")
-_define("integer", "seed", 0, "Seeds the untrained CapsNet's initializers.")
-_define("string", "data_dir", "",
-        "Prepared TFDS directory; empty for $TFDS_DATA_DIR or TFDS's default.")
+def load_model(model_dir, untrained=False, seed=0, model="capsnet"):
+    """The model to draw: loaded from `model_dir`, or a fresh one of task `model`.
 
-
-def load_capsnet(model_dir, untrained=False, seed=0):
-    """The CapsNet to draw: loaded from `model_dir`, or freshly built."""
+    Raises:
+        ValueError: not exactly one source, no `model.keras`, or a model
+            without a capsule code and a decoder.
+    """
     if untrained == bool(model_dir):
         raise ValueError(
             f"Received: model_dir={model_dir!r}, untrained={untrained}; expected exactly "
-            "one of --model_dir (a trained CapsNet) or --untrained"
+            "one of --model_dir (a trained model) or --untrained"
         )
     if untrained:
         keras.utils.set_random_seed(seed)
-        return tasks.build_model("capsnet")
-    path = os.path.join(model_dir, "model.keras")
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"Received: model_dir={model_dir!r} without model.keras; expected the "
-            "model directory of a trained CapsNet (capskeras-train --model=capsnet)"
-        )
-    model = keras.saving.load_model(path, safe_mode=True)
-    if not isinstance(model, CapsNet):
-        raise ValueError(
-            f"Received: model_dir={model_dir!r} holding a {type(model).__name__}; "
-            "expected a CapsNet"
-        )
-    return model
+        loaded = tasks.build_model(model)
+    else:
+        path = os.path.join(model_dir, "model.keras")
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"Received: model_dir={model_dir!r} without model.keras; expected the "
+                "model directory of a trained model (capskeras-train --model=capsnet)"
+            )
+        loaded = keras.saving.load_model(path, safe_mode=True)
+    return check_supports(loaded, "code_capsules", "code_decoder", purpose=PURPOSE)
 
 
 def first_test_digits(num_digits, image_shape, data_dir=None):
@@ -94,21 +102,21 @@ def first_test_digits(num_digits, image_shape, data_dir=None):
     return np.asarray(images), np.asarray(labels)
 
 
-def main(argv):
+def _draw(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
     try:
         if FLAGS.num_digits < 1:
             raise ValueError(f"Received: num_digits={FLAGS.num_digits}; expected an int >= 1")
-        model = load_capsnet(FLAGS.model_dir, FLAGS.untrained, FLAGS.seed)
+        model = load_model(FLAGS.model_dir, FLAGS.untrained, FLAGS.seed, FLAGS.model)
         images, labels = first_test_digits(
-            FLAGS.num_digits, model.image_shape, FLAGS.data_dir or None
+            FLAGS.num_digits, keras_input_shape(model), FLAGS.data_dir or None
         )
         result = perturbation.perturbation_images(model, images)
         output = FLAGS.output or os.path.join(FLAGS.model_dir or ".", OUTPUT_FILE)
         if os.path.dirname(output):
             os.makedirs(os.path.dirname(output), exist_ok=True)
-        source = "untrained CapsNet" if FLAGS.untrained else FLAGS.model_dir
+        source = f"untrained {FLAGS.model}" if FLAGS.untrained else FLAGS.model_dir
         plots.save_perturbation_grid(
             result["images"], output, perturbation.PERTURBATIONS,
             titles=[f"test digit {int(label)}, capsule {int(capsule)}"
@@ -121,5 +129,21 @@ def main(argv):
     print(output)
 
 
+def _parse_flags(argv):
+    """The flags of `argv` alone (earlier parses forgotten); a bad one exits with status 2."""
+    FLAGS.unparse_flags()
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"perturbation_figure: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv=None):
+    """Defines the flags, parses `argv` (default `sys.argv`), draws; exits with the status."""
+    define_flags()
+    app.run(_draw, argv=argv, flags_parser=_parse_flags)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    main()

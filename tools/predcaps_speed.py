@@ -4,8 +4,8 @@
 
 Measures, on the same batch of MNIST digits and the study geometry:
 
-- training: one `PredCapsPretrainer` step (local learning,
-  `--feedback_iterations`, default 1) against one training step of the
+- training: one step of the study task's PredCaps pretraining stage
+  (local learning, `--feedback_iterations`, default 1) against one training step of the
   deep-BP study model `enc_deep_bp_dec_recon` (encoder and head trained
   end to end by backprop);
 - inference: the frozen PredCaps encoder under the class head against the
@@ -31,12 +31,8 @@ import time
 import keras
 import numpy as np
 
+from capskeras import tasks
 from capskeras.data import load_mnist
-from capskeras.models import ClassificationHead
-from capskeras.models import StudyModel
-from capskeras.models import build_study_model
-from capskeras.models.predcaps import PredCapsPretrainer
-from capskeras.models.predcaps import predcaps_encoder
 
 
 def _cpu():
@@ -62,21 +58,20 @@ def main():
     images, labels = next(iter(load_mnist("train", batch_size=args.batch_size)))
     images, labels = images.numpy(), labels.numpy()
 
-    pretrainer = PredCapsPretrainer(
-        predcaps_encoder(seed=0, feedback_iterations=args.feedback_iterations))
+    predcaps = {"encoder": "predcaps", "feedback_iterations": args.feedback_iterations}
+    study = tasks.get_task("study")
+    stage, = study(study.Settings(**predcaps), seed=0).pretraining()
+    pretrainer = stage.build_model()
     pretrainer.compile(keras.optimizers.Adam(1e-3), jit_compile=args.jit_compile)
-    deep_bp = build_study_model("deep_bp", "recon", seed=0)
+    deep_bp = tasks.build_model("study", encoder="deep_bp", head="recon")
     deep_bp.compile(keras.optimizers.Adam(1e-3), deep_bp.default_loss(),
                     jit_compile=args.jit_compile)
     predcaps_class, predcaps_one_pass = (
-        StudyModel(predcaps_encoder(seed=0, feedback_iterations=args.feedback_iterations,
-                                    inference_feedback_iterations=rounds),
-                   ClassificationHead(10, name="class_head"), freeze_encoder=True)
-        for rounds in (None, 0))
+        tasks.build_model("study", head="class", predcaps_inference_feedback=rounds, **predcaps)
+        for rounds in (-1, 0))
     for model in (predcaps_class, predcaps_one_pass):
-        model.build((None, 28, 28, 1))
         model.compile(jit_compile=args.jit_compile)
-    deep_bp_class = build_study_model("deep_bp", "class", seed=0)
+    deep_bp_class = tasks.build_model("study", encoder="deep_bp", head="class")
     deep_bp_class.compile(jit_compile=args.jit_compile)
 
     steps = {

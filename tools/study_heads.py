@@ -15,18 +15,21 @@ size and seed as `capskeras-train`.
 
 The encoder comes from `--run_dir`, a `capskeras-train` model directory
 (its `config.json` says what it trained) or a flagfile (then the run's
-`--model_dir` is read for checkpoints):
+`--model_dir` is read for checkpoints). The run's task says where
+(`capskeras.tasks.Task.frozen_encoder`):
 
+- by default, the model's `heads_encoder()` (the model contract,
+  `capskeras/models/contract.py`), restored from the latest checkpoint of
+  the run's training: a `sparsecaps` run gives its 256 latent values,
+  unmasked;
 - a `study` run whose frozen encoder has a pretraining stage (PredCaps,
   k-sparse): the stage's latest checkpoint, finished or not
   (`capskeras-train --pretrain_only` trains that stage alone);
 - a `study` run whose frozen encoder has none (untrained): rebuilt from
-  the run's seed, as the trainer builds it;
-- a `sparsecaps` run: the latest checkpoint of its training, and its
-  `encoder()` (the 256 latent values, unmasked).
+  the run's seed, as the trainer builds it.
 
 For every head it writes `<output_dir>/<name>/model.keras`, the frozen
-encoder under the trained head as a `StudyModel` (what `capskeras-eval` and
+encoder under the trained head as a study model (what `capskeras-eval` and
 `tools/equivariance_report.py` read), and `metrics.json` with the test
 metric after every epoch and the whole model's test metrics, evaluated
 from the images (as `tools/results_table.py --runs_dir=<output_dir>` reads
@@ -49,50 +52,54 @@ rounds at inference (one upward pass). `metrics.json` records both under
 import json
 import os
 import re
+import sys
 import time
 
 from absl import app
 from absl import flags
 import keras
 import numpy as np
-import tensorflow as tf
 
 from capskeras import export
 from capskeras.evaluation import code_svm
 from capskeras.files import write_text_atomically
 from capskeras.models import registry
-from capskeras.models.study import StudyModel
-from capskeras.tasks.base import InputOptions
+from capskeras.tasks import InputOptions
+from capskeras.training import loop
 from capskeras.training import run_dir as run_dirs
 from capskeras.training.config import TrainConfig
 from capskeras.training.flags import config_from_flagfile
 from capskeras.training.flags import parse_ints
-from capskeras.training.loop import _weights_by_position
 
 FLAGS = flags.FLAGS
 
 
-def define_flags():
-    flags.DEFINE_string("run_dir", None, "A capskeras-train model directory (with config.json), "
-                        "or the flagfile of a run whose encoder needs no training.")
-    flags.DEFINE_list("heads", ["class", "recon"], "Heads to train, names in the study's HEADS.")
-    flags.DEFINE_list("names", [], "Output names, one per head; default <experiment>_<head>.")
-    flags.DEFINE_integer("epochs", 20, "Epochs of head training.")
-    flags.DEFINE_integer("train_examples", 0, "Train on the first N examples; 0 for all.")
-    flags.DEFINE_integer("eval_examples", 0, "Test on the first N examples; 0 for all.")
-    flags.DEFINE_string("output_dir", "runs/heads", "Where the model directories go.")
-    flags.DEFINE_string("export_dir", "", "If set, also export each model's SavedModel "
-                        "under <export_dir>/<name>.")
-    flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for the run's.")
-    flags.DEFINE_list("predcaps_inference_k", [], "PredCaps runs: winning capsules per "
-                      "position in each layer at inference, instead of the run's.")
-    flags.DEFINE_integer("predcaps_inference_feedback", None, "PredCaps runs: down-and-up "
-                         "rounds at inference, instead of the run's.")
-    flags.DEFINE_bool("svm", False, "Also fit an RBF SVM on the codes (SparseCaps' read-out; "
-                      "needs scikit-learn: pip install 'capskeras[svm]').")
-    flags.DEFINE_float("svm_c", code_svm.C, "The SVM's C.")
-    flags.DEFINE_float("svm_gamma", code_svm.GAMMA, "The SVM's RBF gamma.")
-    flags.mark_flag_as_required("run_dir")
+def define_flags(flag_values=FLAGS):
+    """Defines the tool's flags on `flag_values`, each unless defined there already."""
+    definitions = [
+        ("string", "run_dir", None, "A capskeras-train model directory (with config.json), "
+         "or the flagfile of a run whose encoder needs no training."),
+        ("list", "heads", ["class", "recon"], "Heads to train, names in the study's HEADS."),
+        ("list", "names", [], "Output names, one per head; default <experiment>_<head>."),
+        ("integer", "epochs", 20, "Epochs of head training."),
+        ("integer", "train_examples", 0, "Train on the first N examples; 0 for all."),
+        ("integer", "eval_examples", 0, "Test on the first N examples; 0 for all."),
+        ("string", "output_dir", "runs/heads", "Where the model directories go."),
+        ("string", "export_dir", "", "If set, also export each model's SavedModel under "
+         "<export_dir>/<name>."),
+        ("string", "data_dir", "", "Prepared TFDS directory; empty for the run's."),
+        ("list", "predcaps_inference_k", [], "PredCaps runs: winning capsules per position in "
+         "each layer at inference, instead of the run's."),
+        ("integer", "predcaps_inference_feedback", None, "PredCaps runs: down-and-up rounds at "
+         "inference, instead of the run's."),
+        ("bool", "svm", False, "Also fit an RBF SVM on the codes (SparseCaps' read-out; needs "
+         "scikit-learn: pip install 'capskeras[svm]')."),
+        ("float", "svm_c", code_svm.C, "The SVM's C."),
+        ("float", "svm_gamma", code_svm.GAMMA, "The SVM's RBF gamma."),
+    ]
+    for kind, name, default, help_text in definitions:
+        if name not in flag_values:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values)
 
 
 def load_run_config(path, overrides=None):
@@ -116,71 +123,32 @@ def load_run_config(path, overrides=None):
     return TrainConfig.from_flat(**values).validate()
 
 
-def restore_latest(model, directory):
-    """Restores `model`'s weights from the newest checkpoint in `directory`.
-
-    Returns:
-        `(epoch, step)` of that checkpoint: whole epochs done, steps into the next.
-
-    Raises:
-        ValueError: `directory` holds no checkpoint.
-    """
-    latest = tf.train.latest_checkpoint(directory)
-    if latest is None:
-        raise ValueError(f"Received: checkpoint directory {directory!r} without a checkpoint; "
-                         "expected a run that has trained at least one checkpoint interval")
-    epoch = tf.Variable(0, dtype=tf.int64)
-    step = tf.Variable(0, dtype=tf.int64)
-    checkpoint = tf.train.Checkpoint(weights=_weights_by_position(model), epoch=epoch, step=step)
-    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
-    return int(epoch.numpy()), int(step.numpy())
-
-
 def frozen_encoder(config):
     """The run's trained, frozen encoder; its name; and where its weights came from.
 
+    The run's task says where the encoder comes from
+    (`capskeras.tasks.Task.frozen_encoder`); its weights are restored with
+    `capskeras.training.loop.restore_weights` from that stage's latest
+    checkpoint (the model's own training's when the stage is None).
+
     Returns:
-        `(encoder or None, encoder_name, source)`: None means the study
-        encoder is built from the run's seed (it is never trained).
+        `(encoder or None, encoder_name, source)`: None means the encoder is
+        built from the run's seed (it is never trained).
     """
-    task = config.task()
-    if config.model == "sparsecaps":
-        model = task.build_model({})
-        epoch, step = restore_latest(model, run_dirs.stage_directory(config.model_dir))
-        return model.encoder(), "sparsecaps", {"checkpoint_epoch": epoch, "checkpoint_step": step}
-    if config.model != "study":
-        raise ValueError(f"Received: a run of model={config.model!r}; expected a study or "
-                         "sparsecaps run")
-    settings = task.settings
-    spec = registry.encoder_spec(settings.encoder)
-    if not spec.frozen:
-        raise ValueError(f"Received: encoder={settings.encoder!r}, which trains through its "
-                         "head; expected a frozen encoder")
-    stages = task.pretraining()
-    if not stages:
-        return None, settings.encoder, {"untrained_seed": config.seed}
-    stage = stages[0]
-    model = stage.build_model()
-    epoch, step = restore_latest(model, run_dirs.stage_directory(config.model_dir, stage.name))
-    return stage.result(model), settings.encoder, {
-        "stage": stage.name, "checkpoint_epoch": epoch, "checkpoint_step": step}
+    spec = config.task().frozen_encoder()
+    if spec.build_model is None:
+        return None, spec.name, {"untrained_seed": config.seed}
+    model = spec.build_model()
+    restored = loop.restore_weights(model, run_dirs.stage_directory(config.model_dir, spec.stage))
+    source = {"checkpoint_epoch": restored["epoch"], "checkpoint_step": restored["step"]}
+    if spec.stage is not None:
+        source = {"stage": spec.stage, **source}
+    return spec.result(model), spec.name, source
 
 
 def build_model(config, encoder, encoder_name, head):
-    """A built `StudyModel`: `encoder` (or the run's seeded one) frozen under a new `head`."""
-    task = config.task()
-    shape = task.image_shape()
-    if config.model == "study":
-        spec = registry.encoder_spec(encoder_name)
-        return registry.build_study_model(
-            encoder_name, head, shape, seed=config.seed,
-            encoder_options={name: getattr(task.settings, name) for name in spec.options},
-            pretrained_encoder=encoder,
-        )
-    model = StudyModel(encoder, registry.build_head(head, shape), freeze_encoder=True,
-                       name=f"enc_{encoder_name}_dec_{head}")
-    model.build((None,) + shape)
-    return model
+    """A built study model: `encoder` (or the run's seeded one) frozen under a new `head`."""
+    return config.task().heads_model(encoder, head, encoder_name)
 
 
 def split_arrays(config, split, num_examples, data_dir):
@@ -336,9 +304,12 @@ def _fit_svm(name, directory, run_dir, encoder_name, source, labelled, c, gamma)
     return metrics
 
 
-def main(argv):
+def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    if not FLAGS.run_dir:
+        raise app.UsageError("Received: no --run_dir; expected a capskeras-train model "
+                             "directory or a run's flagfile")
     run(FLAGS.run_dir, FLAGS.heads, FLAGS.epochs, FLAGS.output_dir, names=FLAGS.names,
         train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
         export_dir=FLAGS.export_dir, data_dir=FLAGS.data_dir,
@@ -348,6 +319,22 @@ def main(argv):
         svm_gamma=FLAGS.svm_gamma)
 
 
-if __name__ == "__main__":
+def _parse_flags(argv):
+    """The flags of `argv` alone (earlier parses forgotten); a bad one exits with status 2."""
+    FLAGS.unparse_flags()
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"study_heads: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv=None):
+    """Defines the flags, parses `argv` (default `sys.argv`), trains the heads; exits with
+    the status."""
     define_flags()
-    app.run(main)
+    app.run(_main, argv=argv, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,14 +3,14 @@
 The equivariance study judged its perturbation pictures by eye. This module
 draws them and measures them:
 
-- Perturbation sweeps (`perturbation_sweeps`): for an encoder with a
-  reconstruction head, add an offset to one element of the deepest code at
-  a time (to each dimension of the winning capsule, for CapsNet and
-  SparseCaps), across `SCALES`, and decode. Offsets are in units of the
-  element's standard deviation over the test digits, so codes of different
-  magnitudes are perturbed comparably; rows are the `rows` most active
-  elements of each digit's code. SparseCaps' code here is its decoder's
-  input, the rank-masked latent capsules.
+- Perturbation sweeps (`perturbation_sweeps`): for a model with a
+  decoder (the contract's `code` and `code_decoder()`), add an offset to
+  one element of the code at a time (to each dimension of the winning
+  capsule, for capsule codes: `code_capsules`), across `SCALES`, and
+  decode. Offsets are in units of the element's standard deviation over
+  the test digits, so codes of different magnitudes are perturbed
+  comparably; rows are the `rows` most active elements of each digit's
+  code.
 - Plausibility (`sweep_metrics`): a judge network
   (`capskeras.evaluation.judge`) scores every decoding: the fraction it
   judges a confident digit and its mean entropy, per scale.
@@ -51,6 +51,7 @@ from capskeras.data import transforms
 from capskeras.evaluation import judge as judge_lib
 from capskeras.evaluation import perturbation
 from capskeras.evaluation.generalization import keras_input_shape
+from capskeras.models import contract
 
 # Offsets in standard deviations of the perturbed element: -2.5 ... 2.5.
 SCALES = tuple(round(0.5 * step, 1) for step in range(-5, 6))
@@ -75,9 +76,9 @@ class CodeModel:
         image_shape: `(H, W, C)` of its input.
         encode: images `[N, H, W, C]` -> codes `[N, D]` (NumPy).
         decode: codes `[N, D]` -> images `[N, H, W]`, or None without a
-            reconstruction head.
-        first_layer: the first convolution applied to the images (a
-            `keras.layers.Conv2D` or a `PredCapsLayer`), or None.
+            reconstruction decoder.
+        feature_responses: images `[N, H, W, C]` -> the response maps
+            `[N, h, w, U]` of the first learned layer, or None.
         capsules: `(num_capsules, capsule_dim)` for capsule codes, else None.
     """
 
@@ -86,7 +87,7 @@ class CodeModel:
     image_shape: tuple
     encode: Callable
     decode: Callable = None
-    first_layer: object = None
+    feature_responses: Callable = None
     capsules: tuple = None
 
 
@@ -97,78 +98,30 @@ def _batched(function, array):
     return np.concatenate(outputs).astype("float32") if outputs else np.zeros((0,), "float32")
 
 
-def _head_decoder(head):
-    """codes -> `[N, H, W]` images through a reconstruction head."""
-    return lambda codes: _batched(lambda c: head(c, training=False), codes)[..., 0]
-
-
-def _first_conv(model):
-    """The first `Conv2D` or `PredCapsLayer` of `model`: its learned filters meet the image."""
-    from capskeras.layers.pred_caps import PredCapsLayer
-
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (keras.layers.Conv2D, PredCapsLayer)):
-            return layer
-    return None
-
-
 def code_model_from_keras(model, name, path=""):
-    """A `CodeModel` for a capskeras Keras model (study model, CapsNet, SparseCaps, or any
-    served model)."""
-    from capskeras.models.capsnet import CapsNet
-    from capskeras.models.sparsecaps import SparseCaps
-    from capskeras.models.study import StudyModel
+    """A `CodeModel` for a Keras model following the contract (`capskeras.models.contract`).
 
-    if isinstance(model, StudyModel):
-        image_shape = tuple(keras_input_shape(model, path))
-        decode = None  # A classification head decodes no image.
-        if getattr(model.head, "target", None) == "images":
-            decode = _head_decoder(model.head)
-        return CodeModel(
-            name, path, image_shape,
-            encode=lambda images: _batched(lambda x: model.encode(x, training=False), images),
-            decode=decode, first_layer=_first_conv(model.encoder),
+    Its code is `model.code` (or the served `encoding`), decoded by
+    `model.code_decoder()`; `model.code_capsules` and
+    `model.feature_responses()` give the capsule layout and the first
+    layer's responses where the model has them.
+    """
+    if not callable(getattr(model, "serving_outputs", None)):
+        raise ValueError(
+            f"Received: model {name!r} of type {type(model).__name__}; expected a capskeras "
+            "model with serving_outputs (capskeras.models.contract)"
         )
-    if isinstance(model, CapsNet):
-        image_shape = tuple(model.image_shape)
-        count, dim = model.num_classes, 16
-
-        def encode(images):
-            return _batched(lambda x: keras.ops.reshape(
-                model.encoder(x, training=False), (-1, count * dim)), images)
-
+    decoder = contract.member(model, "code_decoder")
+    decode = None
+    if decoder is not None:
         def decode(codes):
-            # The model's own mask keeps the longest capsule, as at inference.
-            capsules = np.asarray(codes, "float32").reshape(-1, count, dim)
-            return _batched(lambda c: model.decoder(model.mask(c), training=False),
-                            capsules)[..., 0]
-
-        return CodeModel(name, path, image_shape, encode, decode,
-                         first_layer=_first_conv(model.encoder), capsules=(count, dim))
-    if isinstance(model, SparseCaps):
-        # The code is the decoder's input, the rank-masked latent capsules: the
-        # unmasked code cannot be decoded without the image's routing ranks.
-        count, dim = model.latent_capsules, model.latent_dim
-        return CodeModel(
-            name, path, tuple(model.image_shape),
-            encode=lambda images: _batched(model.decoder_input, images),
-            decode=lambda codes: _batched(
-                lambda c: model.decoder(c, training=False), codes)[..., 0],
-            first_layer=model.conv, capsules=(count, dim),
-        )
-    if hasattr(model, "serving_outputs"):
-        image_shape = tuple(getattr(model, "image_shape", None) or model.input_shape[1:])
-        # The served `encoding`; decoding a changed code needs a known decoder, so none.
-        return CodeModel(
-            name, path, image_shape,
-            encode=lambda images: _batched(
-                lambda x: keras.ops.reshape(model.serving_outputs(x)["encoding"], (len(x), -1)),
-                images),
-            first_layer=_first_conv(model),
-        )
-    raise ValueError(
-        f"Received: model {name!r} of type {type(model).__name__}; expected a capskeras model "
-        "(a StudyModel, a CapsNet, a SparseCaps or one with serving_outputs)"
+            return _batched(lambda c: decoder(c), codes)[..., 0]
+    return CodeModel(
+        name, path, tuple(keras_input_shape(model, path)),
+        encode=lambda images: _batched(lambda x: contract.code_of(model, x), images),
+        decode=decode,
+        feature_responses=contract.member(model, "feature_responses"),
+        capsules=contract.member(model, "code_capsules"),
     )
 
 
@@ -398,16 +351,12 @@ def equivariance_table(code_model, images, transforms_=None, **kwargs):
 # --- rotated feature families -------------------------------------------------------
 
 
-def response_maps(layer, images):
-    """A layer's output maps `[N, h, w, U]` for images `[N, H, W, C]`.
+def response_maps(respond, images):
+    """`respond(images)` in batches, as float32 NumPy: the maps `[N, h, w, U]`.
 
-    For a `PredCapsLayer`, its drive `conv(x, W) + b`: the responses of its
-    filters before the selection of capsules, as a `Conv2D`'s output is
-    theirs (its selected output is zero at most units).
+    `respond` is a `CodeModel`'s `feature_responses` (the first layer's
+    responses before any selection of units), or any layer.
     """
-    from capskeras.layers.pred_caps import PredCapsLayer
-
-    respond = layer.drive if isinstance(layer, PredCapsLayer) else layer
     images = np.asarray(images, "float32")
     return np.concatenate([keras.ops.convert_to_numpy(respond(images[i:i + _BATCH]))
                            for i in range(0, len(images), _BATCH)]).astype("float32")

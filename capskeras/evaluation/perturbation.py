@@ -9,10 +9,14 @@ stroke thickness, width, skew, localized parts of the digit.
 
     blocks = perturbation_images(capsnet, images)  # [B, 16, 11, H, W]
 
+Any model whose code is capsules and which decodes it (the contract's
+`code_capsules` and `code_decoder()`, `capskeras.models.contract`) draws
+the same figure.
+
 The computation is split so each step can be checked on its own:
 `winning_capsules` (which capsule wins), `perturbed_decoder_inputs` (pure
 NumPy: capsules -> masked, perturbed decoder inputs) and
-`perturbation_images` (the model's encoder and decoder around them).
+`perturbation_images` (the model's code and decoder around them).
 `tools/perturbation_figure.py` draws the grid.
 """
 
@@ -20,6 +24,8 @@ import keras
 import numpy as np
 
 from capskeras import ops as capsule_ops
+from capskeras.models.contract import check_supports
+from capskeras.models.contract import code_of
 
 # Offsets added to one capsule dimension: -0.25, -0.20, ..., 0.25.
 PERTURBATIONS = tuple(round(0.05 * step, 2) for step in range(-5, 6))
@@ -85,9 +91,9 @@ def perturbation_images(model, images, perturbations=PERTURBATIONS, class_ids=No
     """Reconstructions of `images` with each winning-capsule dimension perturbed.
 
     Args:
-        model: a `CapsNet` (anything with its `encoder` -> `[B, N, D]`
-            digit capsules and `decoder` taking the `[B, N * D]` masked
-            capsules).
+        model: a model whose code is capsules and which decodes it: the
+            contract's `code`, `code_capsules` (`(N, D)`) and
+            `code_decoder()` (`capskeras.models.contract`), as CapsNet has.
         images: `[B, H, W, C]` float images in [0, 1].
         perturbations: the P offsets added to one dimension at a time.
         class_ids: `[B]` capsule to keep for each example; defaults to the
@@ -98,7 +104,7 @@ def perturbation_images(model, images, perturbations=PERTURBATIONS, class_ids=No
         - `"images"`: float32 `[B, D, P, H, W]` decoded images (first
           channel), row `d` perturbing dimension `d`;
         - `"class_ids"`: `[B]` the capsule kept for each example;
-        - `"capsules"`: `[B, N, D]` the digit capsules.
+        - `"capsules"`: `[B, N, D]` the code's capsules.
 
     Example:
 
@@ -111,25 +117,21 @@ def perturbation_images(model, images, perturbations=PERTURBATIONS, class_ids=No
         Sabour, Frosst and Hinton, "Dynamic Routing Between Capsules",
         NeurIPS 2017, section 5.1 and Fig. 4.
     """
-    for part in ("encoder", "decoder"):
-        if not hasattr(model, part):
-            raise ValueError(
-                f"Received: model={getattr(model, 'name', model)!r} of type "
-                f"{type(model).__name__} without `{part}`; expected a CapsNet"
-            )
-    capsules = keras.ops.convert_to_numpy(
-        model.encoder(keras.ops.convert_to_tensor(np.asarray(images, "float32")), training=False)
-    )
+    check_supports(model, "code_capsules", "code_decoder",
+                   purpose="The perturbation figure (a capsule code and its decoder)")
+    count, dim = model.code_capsules
+    decode = model.code_decoder()
+    codes = keras.ops.convert_to_numpy(
+        code_of(model, keras.ops.convert_to_tensor(np.asarray(images, "float32"))))
+    capsules = codes.reshape(-1, count, dim)
     if class_ids is None:
         class_ids = winning_capsules(capsules)
     inputs = perturbed_decoder_inputs(capsules, perturbations, class_ids)
-    batch, dim, count, width = inputs.shape
-    decoded = keras.ops.convert_to_numpy(
-        model.decoder(inputs.reshape(batch * dim * count, width), training=False)
-    )
+    batch, dim, steps, width = inputs.shape
+    decoded = keras.ops.convert_to_numpy(decode(inputs.reshape(batch * dim * steps, width)))
     height, image_width = decoded.shape[1], decoded.shape[2]
     return {
-        "images": decoded[..., 0].reshape(batch, dim, count, height, image_width),
+        "images": decoded[..., 0].reshape(batch, dim, steps, height, image_width),
         "class_ids": np.asarray(class_ids, "int64").reshape(-1),
         "capsules": capsules,
     }

@@ -142,6 +142,33 @@ class CapsNet(keras.Model):
             "reconstruction": self.decoder(self.mask(capsules)),
         }
 
+    def code(self, images):
+        """The flattened digit capsules `[B, num_classes * 16]`, in inference mode."""
+        return ops.reshape(self.encoder(images, training=False), (-1, self.num_classes * 16))
+
+    def code_decoder(self):
+        """codes -> images through the model's own mask: the longest capsule is decoded."""
+        def decode(codes):
+            capsules = ops.reshape(codes, (-1, self.num_classes, 16))
+            return self.decoder(self.mask(capsules), training=False)
+
+        return decode
+
+    @property
+    def code_capsules(self):
+        """`(num_classes, 16)`: the code is the digit capsules."""
+        return (self.num_classes, 16)
+
+    def feature_responses(self):
+        """The first convolution's output."""
+        layer = self.encoder.get_layer("conv1")
+        return lambda images: layer(images)
+
+    def heads_encoder(self):
+        """images -> the flattened digit capsules, sharing this model's encoder."""
+        return keras.Sequential([keras.Input(self.image_shape), self.encoder,
+                                 keras.layers.Flatten(name="code")], name="capsnet_encoder")
+
     def compute_output_shape(self, input_shape):
         if isinstance(input_shape, dict):
             input_shape = input_shape["images"]

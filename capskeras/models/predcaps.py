@@ -226,6 +226,11 @@ class PredCapsEncoder(keras.Model):
         shape = ops.shape(top)
         return ops.reshape(top, (shape[0], shape[1] * shape[2] * shape[3]))
 
+    def feature_responses(self):
+        """The first layer's drive `conv(x, W) + b`: its filters' responses before the
+        selection of capsules (its selected output is zero at most units)."""
+        return self.pred_caps_layers[0].drive
+
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)
         for layer in self.pred_caps_layers:

@@ -122,6 +122,30 @@ class SparseCaps(keras.Model):
         return {"encoding": self._flatten(capsules),
                 "reconstruction": self.decoder(self._flatten(masked))}
 
+    def code(self, images):
+        """The code the decoder reads: the rank-masked latent capsules, flattened.
+
+        The unmasked code (`encoding`) cannot be decoded without the image's
+        routing ranks, so sweeps and maps read this one.
+        """
+        return self.decoder_input(images)
+
+    def code_decoder(self):
+        return lambda codes: self.decoder(codes, training=False)
+
+    @property
+    def code_capsules(self):
+        """`(latent_capsules, latent_dim)`."""
+        return (self.latent_capsules, self.latent_dim)
+
+    def feature_responses(self):
+        """The first convolution's output."""
+        return lambda images: self.conv(images)
+
+    def heads_encoder(self):
+        """`encoder()`: the 256 latent values, unmasked."""
+        return self.encoder()
+
     def compute_output_shape(self, input_shape):
         return (input_shape[0],) + self.image_shape
 

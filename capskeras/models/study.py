@@ -79,6 +79,34 @@ class StudyModel(keras.Model):
         outputs.update(self.head.serving_outputs(self.head(code, training=False)))
         return outputs
 
+    def code(self, images):
+        """The code `[B, D]` of `images`, in inference mode (the contract's `code`)."""
+        return self.encode(images, training=False)
+
+    def code_decoder(self):
+        """The reconstruction head as codes -> images, or None under another head."""
+        if self.head.target != "images":
+            return None
+        return lambda codes: self.head(codes, training=False)
+
+    @property
+    def code_capsules(self):
+        """None: the study's heads read a flat code."""
+        return None
+
+    def feature_responses(self):
+        """The encoder's first-layer responses: its own `feature_responses()`, or its
+        first `Conv2D`'s output; None when it has neither."""
+        own = getattr(self.encoder, "feature_responses", None)
+        if callable(own):
+            return own()
+        layer = first_convolution(self.encoder)
+        return None if layer is None else (lambda images: layer(images))
+
+    def heads_encoder(self):
+        """The encoder, for heads trained on its frozen code."""
+        return self.encoder
+
     def serving_model(self):
         """The model `capskeras.export` writes: this one, or a plain copy of it.
 
@@ -133,6 +161,31 @@ class StudyModel(keras.Model):
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)
+
+
+def first_convolution(model):
+    """The first `Conv2D` among `model`'s layers, searched depth first; None without one."""
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.Conv2D):
+            return layer
+        found = first_convolution(layer)
+        if found is not None:
+            return found
+    return None
+
+
+def frozen_under_head(encoder, head, image_shape, name=None):
+    """A built `StudyModel`: `encoder` frozen under `head`, for heads on a frozen code.
+
+    Args:
+        encoder: a model mapping `[B, H, W, C]` images to `[B, code_dim]`.
+        head: a head from `capskeras.models.heads`.
+        image_shape: `(H, W, C)` of the images.
+        name: the model's name.
+    """
+    model = StudyModel(encoder, head, freeze_encoder=True, name=name)
+    model.build((None,) + tuple(image_shape))
+    return model
 
 
 def feature_classifier(features, num_classes=10, dropout=0.0, name=None):

@@ -3,9 +3,11 @@
 A task owns everything model-specific: its settings (a `Settings`
 dataclass, whose fields become the trainer's flags), their validation, its
 model, its inputs, and any training stages before the model's own (the
-k-sparse autoencoder today). The trainer owns the loop: strategy, steps,
-checkpoints, resume, logs, evaluation and export. It finds a task by name
-in `TASKS`, and knows no family by name.
+k-sparse autoencoder today), and where the frozen encoder that
+`tools/study_heads.py` trains heads on comes from (`frozen_encoder`,
+`heads_model`). The trainer owns the loop: strategy, steps, checkpoints,
+resume, logs, evaluation and export. It finds a task by name in `TASKS`,
+and knows no family by name.
 
     @register_task("my_family")
     class MyTask(MnistTask):
@@ -24,6 +26,9 @@ fraction of their size.
 import dataclasses
 from typing import Callable
 
+from capskeras.models import registry
+from capskeras.models.contract import check_supports
+from capskeras.models.study import frozen_under_head
 from capskeras.settings import Settings
 
 TASKS = {}
@@ -76,6 +81,30 @@ class Stage:
     build_model: Callable
     result: Callable
     callbacks: Callable = list
+
+
+@dataclasses.dataclass
+class FrozenEncoder:
+    """Where a run's frozen encoder comes from, for heads trained on its code.
+
+    `tools/study_heads.py` restores the checkpoint of `stage` (the model's
+    own training when None) into `build_model()`, takes `result(model)` as
+    the encoder, and puts each head on it with `Task.heads_model`.
+
+    Attributes:
+        name: the encoder's name, in output names and metrics.
+        stage: the `Stage` whose checkpoints hold its weights; None for the
+            model's own training.
+        build_model: `() -> keras.Model` the checkpoints were written from;
+            None for an encoder that is never trained (`heads_model` then
+            builds it from the task's seed).
+        result: `(restored model) -> encoder`.
+    """
+
+    name: str
+    stage: str = None
+    build_model: Callable = None
+    result: Callable = None
 
 
 class Task:
@@ -168,6 +197,32 @@ class Task:
             pretrained: dict of the earlier stages' results, by stage name.
         """
         raise NotImplementedError
+
+    def frozen_encoder(self):
+        """Where the run's frozen encoder comes from (`FrozenEncoder`), for heads on its code.
+
+        By default, the trained model's `heads_encoder()` (an optional
+        member of the model contract), restored from the model's own
+        checkpoints.
+        """
+        def result(model):
+            return check_supports(model, "heads_encoder",
+                                  purpose="Training heads on its frozen code").heads_encoder()
+
+        return FrozenEncoder(self.name, build_model=lambda: self.build_model({}), result=result)
+
+    def heads_model(self, encoder, head, encoder_name=None):
+        """A built study model: `encoder` frozen under a new head from `capskeras.models.HEADS`.
+
+        Args:
+            encoder: the `FrozenEncoder`'s result.
+            head: a head name.
+            encoder_name: names the model `enc_<encoder_name>_dec_<head>`;
+                defaults to the task's name.
+        """
+        shape = self.image_shape()
+        return frozen_under_head(encoder, registry.build_head(head, shape), shape,
+                                 name=f"enc_{encoder_name or self.name}_dec_{head}")
 
 
 def register_task(name):

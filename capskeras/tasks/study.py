@@ -16,6 +16,7 @@ from capskeras.models import registry
 from capskeras.settings import MODEL
 from capskeras.settings import at_least
 from capskeras.settings import setting
+from capskeras.tasks.base import FrozenEncoder
 from capskeras.tasks.base import Stage
 from capskeras.tasks.base import register_task
 from capskeras.tasks.mnist import MnistTask
@@ -125,13 +126,34 @@ class StudyTask(MnistTask):
                       trained_encoder, schedule)]
 
     def build_model(self, pretrained):
+        return self._study_model(self.settings.head, pretrained.get("pretrain"))
+
+    def _study_model(self, head, encoder):
         settings = self.settings
         spec = registry.encoder_spec(settings.encoder)
         return registry.build_study_model(
-            settings.encoder, settings.head, self.image_shape(), seed=self.seed,
+            settings.encoder, head, self.image_shape(), seed=self.seed,
             encoder_options={name: getattr(settings, name) for name in spec.options},
-            pretrained_encoder=pretrained.get("pretrain"),
+            pretrained_encoder=encoder,
         )
+
+    def frozen_encoder(self):
+        """The pretraining stage's encoder, or, for an encoder never trained, none (the
+        seeded one); refused for an encoder that trains through its head."""
+        encoder = self.settings.encoder
+        if not registry.encoder_spec(encoder).frozen:
+            raise ValueError(f"Received: encoder={encoder!r}, which trains through its "
+                             "head; expected a frozen encoder")
+        stages = self.pretraining()
+        if not stages:
+            return FrozenEncoder(encoder)
+        stage = stages[0]
+        return FrozenEncoder(encoder, stage.name, stage.build_model, stage.result)
+
+    def heads_model(self, encoder, head, encoder_name=None):
+        """The study model of this run's encoder (`encoder`, or the seeded one when None)
+        under `head`."""
+        return self._study_model(head, encoder)
 
 
 class KSparseSchedule(keras.callbacks.Callback):

@@ -60,7 +60,7 @@ def candidates(manager):
     return sorted(listed, key=lambda path: checkpoint_number(path) or 0, reverse=True)
 
 
-def restore_newest_readable(checkpoint, manager, newest=None):
+def restore_newest_readable(checkpoint, manager, newest=None, partial=False):
     """Restores the newest readable checkpoint of `manager` into `checkpoint`.
 
     Args:
@@ -68,6 +68,8 @@ def restore_newest_readable(checkpoint, manager, newest=None):
         manager: the `tf.train.CheckpointManager` of the run's directory.
         newest: a checkpoint prefix; only it and older ones are tried (the
             newest one every worker of a cluster holds). None for no limit.
+        partial: `checkpoint` holds part of what was saved (the weights
+            alone); the rest of the file is not read.
 
     Returns:
         `(path, skipped)`: the restored checkpoint's prefix (None when the
@@ -83,7 +85,10 @@ def restore_newest_readable(checkpoint, manager, newest=None):
         if newest and checkpoint_number(path) > checkpoint_number(newest):
             continue
         try:
-            checkpoint.restore(path).assert_existing_objects_matched()
+            status = checkpoint.restore(path)
+            if partial:
+                status.expect_partial()
+            status.assert_existing_objects_matched()
         except (tf.errors.OpError, ValueError, IndexError, AssertionError) as error:
             message = error_summary(error)
             logging.warning("Checkpoint %s cannot be read (%s); trying the next older one",

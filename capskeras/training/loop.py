@@ -99,8 +99,7 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
     iterator = iter(_worker_batches(dataset, strategy, batch_size, worker_id).repeat())
-    state = dict(weights=_weights_by_position(model), optimizer=model.optimizer,
-                 seeds=_seed_states(model), epoch=epoch, step=step)
+    state = dict(model_state(model), optimizer=model.optimizer, epoch=epoch, step=step)
     def make_manager():
         return tf.train.CheckpointManager(
             tf.train.Checkpoint(**state, input=iterator), directory, max_to_keep=keep)
@@ -233,14 +232,43 @@ def _results(model):
     return {name: float(value) for name, value in model.get_metrics_result().items()}
 
 
-def _weights_by_position(model):
-    """Every weight of `model`, trainable or not, by its position.
+def model_state(model):
+    """What a checkpoint holds of `model`: `weights` and `seeds`, each by position.
 
-    Positions, not paths: auto-generated names (`conv2d_1`, `seed_generator_8`)
-    depend on what the process built before, while the model's settings fix
-    the order of its weights.
+    Every weight, trainable or not, and the state of every random seed
+    generator (dropout). Positions, not paths: auto-generated names
+    (`conv2d_1`, `seed_generator_8`) depend on what the process built
+    before, while the model's settings fix the order of its weights.
     """
-    return {f"{index:04d}": weight for index, weight in enumerate(model.weights)}
+    return {"weights": {f"{index:04d}": weight for index, weight in enumerate(model.weights)},
+            "seeds": _seed_states(model)}
+
+
+def restore_weights(model, directory):
+    """Restores `model`'s weights from the newest readable checkpoint the loop wrote in `directory`.
+
+    For a finished (or stopped) run: `model` is built as the task built the
+    trained one; the optimizer and input position are not read. Damaged
+    newer checkpoints are set aside as a resume would.
+
+    Returns:
+        `{"epoch", "step", "checkpoint"}`: whole epochs done, steps into the
+        next, and the checkpoint's file prefix.
+
+    Raises:
+        ValueError: `directory` holds no checkpoint.
+        checkpoints.UnreadableCheckpointError: none of them can be read.
+    """
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+    checkpoint = tf.train.Checkpoint(**model_state(model), epoch=epoch, step=step)
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=None)
+    path, _ = checkpoints.restore_newest_readable(checkpoint, manager, partial=True)
+    if path is None:
+        raise ValueError(f"Received: checkpoint directory {directory!r} without a checkpoint; "
+                         "expected a run that has trained at least one checkpoint interval")
+    return {"epoch": int(epoch.numpy()), "step": int(step.numpy()),
+            "checkpoint": os.path.basename(path)}
 
 
 def _seed_states(model):

@@ -107,10 +107,17 @@ def changed_settings(config):
     return changes
 
 
-def check_checkpoint_format(model_dir):
-    """Refuses a model_dir holding epoch checkpoints of capskeras before tasks."""
-    for directory in (model_dir, os.path.join(model_dir, "pretrain")):
-        if os.path.exists(os.path.join(directory, CHECKPOINTS, "latest.json")):
+def check_checkpoint_format(model_dir, stages=()):
+    """Refuses a model_dir holding epoch checkpoints of capskeras before tasks.
+
+    Args:
+        model_dir: the run's directory.
+        stages: the task's pretraining `Stage`s, whose directories are read too.
+    """
+    directories = [stage_directory(model_dir)]
+    directories += [stage_directory(model_dir, stage.name) for stage in stages]
+    for directory in directories:
+        if os.path.exists(os.path.join(directory, "latest.json")):
             raise IncompatibleRunError(
                 f"Received: model_dir={model_dir!r} holding epoch checkpoints of an earlier "
                 "capskeras (checkpoints/latest.json), which this trainer cannot resume; "

@@ -113,15 +113,15 @@ def preflight(config):
         run_dir.check_writable("model_dir", config.model_dir)
         if config.export_dir:
             run_dir.check_writable("export_dir", config.export_dir)
-        run_dir.check_checkpoint_format(config.model_dir)
+        stages = task.pretraining()
+        run_dir.check_checkpoint_format(config.model_dir, stages)
         changes = run_dir.changed_settings(config)
-        run_dir.check_stages(config, task.pretraining())
-        if config.pretrain_only and not task.pretraining():
-            encoder = getattr(config.settings, "encoder", None)
-            chosen = f"model={config.model!r}" + (f", encoder={encoder!r}" if encoder else "")
+        run_dir.check_stages(config, stages)
+        if config.pretrain_only and not stages:
             raise ValueError(
-                f"Received: pretrain_only=True for {chosen}, which has no pretraining stage; "
-                "expected a model that pretrains (the study's ksparse or predcaps encoder)")
+                f"Received: pretrain_only=True for model={config.model!r} (experiment "
+                f"{config.experiment!r}), which has no pretraining stage; expected a model "
+                "whose task pretrains (Task.pretraining)")
         task.check_data(_input_options(config, "train"))
         task.tfds_split("train", _input_options(config, "train"))  # validation_examples fits
         if config.cpu_devices:
