@@ -104,7 +104,7 @@ def test_the_readme_family_trains_exports_and_meets_every_tool(tmp_path, family)
                     "--train_examples=64", "--eval_examples=32",
                     f"--output_dir={tmp_path / 'heads'}"])
     flags.FLAGS.unparse_flags()
-    assert exit_info.value.code == 0
+    assert exit_info.value.code in (None, 0)  # app.run exits with main's None on success
     metrics = json.loads((tmp_path / "heads" / f"{NAME}_class" / "metrics.json").read_text())
     assert metrics["encoder_source"] == {"checkpoint_epoch": 1, "checkpoint_step": 0}
     head_model = keras.saving.load_model(tmp_path / "heads" / f"{NAME}_class" / "model.keras")
