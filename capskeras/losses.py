@@ -108,8 +108,29 @@ def reconstruction_loss(images, reconstructions, scale=0.0005):
     return scale * ops.sum(ops.square(images - reconstructions), axis=-1)
 
 
+class _PerSampleLoss(keras.losses.Loss):
+    """A `Loss` calling a per-sample loss function with its own attributes.
+
+    `function(y_true, y_pred, **{name: self.<name> for name in arguments})`;
+    the config holds those attributes as floats.
+    """
+
+    function = None
+    arguments = ()
+
+    def call(self, y_true, y_pred):
+        arguments = {name: getattr(self, name) for name in self.arguments}
+        return self.function(y_true, y_pred, **arguments)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: float(ops.convert_to_numpy(getattr(self, name)))
+                       for name in self.arguments})
+        return config
+
+
 @keras.saving.register_keras_serializable(package="capskeras")
-class MarginLoss(keras.losses.Loss):
+class MarginLoss(_PerSampleLoss):
     """Margin loss of Sabour et al. (2017) as a `keras.losses.Loss`.
 
     See `margin_loss`. `y_true` may be one-hot `(batch, K)` or integer labels
@@ -134,6 +155,9 @@ class MarginLoss(keras.losses.Loss):
         NeurIPS 2017, eq. 4. https://arxiv.org/abs/1710.09829
     """
 
+    function = staticmethod(margin_loss)
+    arguments = ("m_plus", "m_minus", "down_weight")
+
     def __init__(
         self,
         m_plus=0.9,
@@ -148,29 +172,10 @@ class MarginLoss(keras.losses.Loss):
         self.m_minus = float(m_minus)
         self.down_weight = float(down_weight)
 
-    def call(self, y_true, y_pred):
-        return margin_loss(
-            y_true,
-            y_pred,
-            m_plus=self.m_plus,
-            m_minus=self.m_minus,
-            down_weight=self.down_weight,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "m_plus": self.m_plus,
-                "m_minus": self.m_minus,
-                "down_weight": self.down_weight,
-            }
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
-class ReconstructionLoss(keras.losses.Loss):
+class ReconstructionLoss(_PerSampleLoss):
     """Scaled sum-of-squares reconstruction loss as a `keras.losses.Loss`.
 
     See `reconstruction_loss`. `y_true` are the images, `y_pred` the decoder
@@ -197,6 +202,9 @@ class ReconstructionLoss(keras.losses.Loss):
         NeurIPS 2017, section 4.1. https://arxiv.org/abs/1710.09829
     """
 
+    function = staticmethod(reconstruction_loss)
+    arguments = ("scale",)
+
     def __init__(
         self,
         scale=0.0005,
@@ -207,13 +215,6 @@ class ReconstructionLoss(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.scale = float(scale)
 
-    def call(self, y_true, y_pred):
-        return reconstruction_loss(y_true, y_pred, scale=self.scale)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"scale": self.scale})
-        return config
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
@@ -254,7 +255,7 @@ def spread_loss(y_true, y_pred, margin=0.9):
 
 
 @keras.saving.register_keras_serializable(package="capskeras")
-class SpreadLoss(keras.losses.Loss):
+class SpreadLoss(_PerSampleLoss):
     """Spread loss of Hinton, Sabour and Frosst (2018) as a `keras.losses.Loss`.
 
     See `spread_loss`. The margin may be a float or a scalar variable that
@@ -278,18 +279,14 @@ class SpreadLoss(keras.losses.Loss):
         ICLR 2018, section 3.1. https://openreview.net/forum?id=HJWLfGWRb
     """
 
+    function = staticmethod(spread_loss)
+    arguments = ("margin",)
+
     def __init__(self, margin=0.9, reduction="sum_over_batch_size", name="spread_loss",
                  dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.margin = margin
 
-    def call(self, y_true, y_pred):
-        return spread_loss(y_true, y_pred, margin=self.margin)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"margin": float(ops.convert_to_numpy(self.margin))})
-        return config
 
 
 @keras.saving.register_keras_serializable(package="capskeras")

@@ -10,9 +10,15 @@ is accepted) and what a change of the value means for a run that resumes.
     class MySettings(Settings):
         depth: int = setting(3, "Layers of the encoder.", check=at_least(1),
                              resume=MODEL)
+
+`dtype_policy(precision)` applies the one setting that acts on Keras's
+global state while a model is built and run: its dtype policy.
 """
 
+import contextlib
 import dataclasses
+
+import keras
 
 # What changing a setting between a run and its resumption means:
 FREE = "free"  # nothing: paths, verbosity, the number of epochs.
@@ -73,6 +79,22 @@ class Settings:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+@contextlib.contextmanager
+def dtype_policy(policy):
+    """Within this context, Keras builds layers under `policy`; the previous one is restored after.
+
+    Args:
+        policy: a Keras dtype policy or its name (`"float32"`,
+            `"mixed_float16"`, `"mixed_bfloat16"`).
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _has_type(value, expected):

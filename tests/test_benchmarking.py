@@ -130,7 +130,7 @@ def test_machine_facts_name_the_cpu_its_vector_extensions_and_onednn():
 def test_capsnet_workloads_are_capsnets_own_layers():
     from capskeras.models.capsnet import CapsNet
 
-    settings = benchmarking.Settings(batch_size=2)
+    settings = benchmarking.BenchmarkOverrides(batch_size=2)
     conv_stack = benchmarking.registered_workload("capsnet_conv_stack", settings)
     routing = benchmarking.registered_workload("capsnet_routing", settings)
     encoder = CapsNet().encoder

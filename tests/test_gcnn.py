@@ -11,7 +11,6 @@ from tensorflow.core.protobuf import saved_model_pb2
 from capskeras import export
 from capskeras.models import build_p4cnn
 from capskeras.models import build_z2cnn
-from capskeras.models import fold_for_serving
 from capskeras.testing import assert_group_equivariant
 from capskeras.testing import assert_keras_round_trip
 
@@ -109,7 +108,7 @@ def _op_types(saved_model_dir):
 
 
 def test_export_holds_plain_convolutions(p4cnn, tmp_path):
-    folded = fold_for_serving(p4cnn)
+    folded = p4cnn.serving_model()
     kinds = {type(layer).__name__ for layer in folded.encoder.layers}
     assert "GroupConv2D" not in kinds and "GroupBatchNormalization" not in kinds
     expected = p4cnn.serving_outputs(IMAGES)
@@ -140,7 +139,7 @@ def test_mixed_float16_serves_float32():
     outputs = model.serving_outputs(IMAGES)
     assert outputs["probabilities"].dtype == "float32"
     np.testing.assert_allclose(np.sum(outputs["probabilities"], axis=-1), 1.0, atol=1e-3)
-    folded = fold_for_serving(model)
+    folded = model.serving_model()
     assert folded.encoder.layers[0].compute_dtype == "float16"
     np.testing.assert_allclose(folded.serving_outputs(IMAGES)["probabilities"],
                                outputs["probabilities"], atol=1e-2)

@@ -51,6 +51,7 @@ from capskeras.layers import PrimaryCapsules
 from capskeras.layers import PrimaryMatrixCapsules
 from capskeras.layers import RankMask
 from capskeras.layers import RotatedConv2D
+from capskeras.settings import dtype_policy
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 KINDS = ("zeros", "huge", "tiny", "mixed")
@@ -197,12 +198,8 @@ class BuiltLayers:
             if make is None:
                 self._layers[key] = (None, [])
             else:
-                previous = keras.config.dtype_policy()
-                keras.config.set_dtype_policy(policy)
-                try:
+                with dtype_policy(policy):
                     layer = make()
-                finally:
-                    keras.config.set_dtype_policy(previous)
                 dtype = keras.DTypePolicy(policy).compute_dtype
                 inputs = [tf.zeros(shape, dtype) for shape in hostile_shapes]
                 inputs += [tf.zeros(shape, "float32") for shape in unit_shapes]

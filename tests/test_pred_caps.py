@@ -334,20 +334,6 @@ def test_config_and_keras_round_trip():
         np.testing.assert_array_equal(_np(getattr(reloaded, name)), _np(getattr(layer, name)))
 
 
-def test_configs_from_before_kernel_normalization_keep_raw_kernels():
-    from capskeras.models.predcaps import PredCapsEncoder
-
-    config = _layer(lifetime="standardize").get_config()
-    assert config["normalize_kernel"] is True
-    del config["normalize_kernel"], config["lifetime"]
-    old_layer = PredCapsLayer.from_config(config)
-    assert old_layer.normalize_kernel is False and old_layer.lifetime == "boost"
-    encoder_config = PredCapsEncoder(seed=0).get_config()
-    del encoder_config["normalize_kernel"]
-    old = PredCapsEncoder.from_config(encoder_config)
-    assert not any(layer.normalize_kernel for layer in old.pred_caps_layers)
-
-
 @pytest.mark.parametrize("lifetime", ["boost", "standardize"])
 def test_saved_model_round_trip(lifetime):
     model = _model(lifetime)

@@ -129,3 +129,14 @@ def test_ksparse_schedule_lowers_k_linearly_to_its_target():
     schedule = KSparseSchedule(initial_factor=2.0, epochs=4)
     assert [schedule.k_at(layer, epoch) for epoch in range(6)] == [20, 18, 15, 12, 10, 10]
     assert KSparseSchedule(initial_factor=2.0, epochs=0).k_at(layer, 0) == 10
+
+
+def test_dtype_policy_applies_inside_and_is_restored_even_after_an_error():
+    from capskeras.settings import dtype_policy
+
+    before = keras.config.dtype_policy().name
+    with pytest.raises(RuntimeError, match="inside"):
+        with dtype_policy("mixed_bfloat16"):
+            assert keras.layers.Dense(2).compute_dtype == "bfloat16"
+            raise RuntimeError("inside")
+    assert keras.config.dtype_policy().name == before

@@ -91,7 +91,7 @@ def main(argv):
     json_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     names = list(dict.fromkeys(name.strip() for name in FLAGS.benchmarks if name.strip()))
-    settings = benchmarking.Settings(
+    settings = benchmarking.BenchmarkOverrides(
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         jit_compile=FLAGS.jit_compile, precision=FLAGS.precision, seed=FLAGS.seed,
     )

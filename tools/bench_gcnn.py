@@ -19,7 +19,7 @@ Pairs:
   Conv2D(filters * G, 3) on the same input.
 - `p4cnn_vs_z2cnn`: the two rotated-MNIST models (P4CNN has 40 maps a
   layer to Z2CNN's 20, about the same parameters).
-- `p4cnn_vs_folded`: P4CNN against its `fold_for_serving` copy (plain
+- `p4cnn_vs_folded`: P4CNN against its `serving_model()` copy (plain
   convolutions, the same maps): the cost of expanding the filter bank.
 
     python tools/bench_gcnn.py --batch_size=64 --repeats=5 --steps=5
@@ -39,7 +39,6 @@ from capskeras.benchmarking.machine import machine_facts
 from capskeras.layers import GroupConv2D
 from capskeras.models import build_p4cnn
 from capskeras.models import build_z2cnn
-from capskeras.models import fold_for_serving
 
 PAIRS = ("lifting", "group", "p4cnn_vs_z2cnn", "p4cnn_vs_folded")
 ORDERS = {"p4": 4, "p4m": 8}
@@ -65,7 +64,7 @@ def build_pair(name, group="p4", size=28, channels=10, filters=10, seed=0):
         return build_p4cnn(seed=seed, group=group), build_z2cnn(seed=seed), (28, 28, 1)
     if name == "p4cnn_vs_folded":
         model = build_p4cnn(seed=seed, group=group)
-        return model, fold_for_serving(model), (28, 28, 1)
+        return model, model.serving_model(), (28, 28, 1)
     raise ValueError(f"Received: pair={name!r}; expected one of {PAIRS}")
 
 

@@ -4,7 +4,7 @@ For a model, reports its parameter count against the ordinary CNN of the
 same width (the same number of feature maps in every layer: each
 `GroupConv2D` replaced by the `Conv2D` with its expanded kernel, each
 `GroupBatchNormalization` by a `BatchNormalization` over all its maps; this
-is exactly `capskeras.models.gcnn.fold_for_serving`), layer by layer, next
+is exactly the model's `serving_model()`), layer by layer, next
 to the formula `1 - (K - 1) / K * r^2` for the fraction of parameters a
 network needs when a fraction `r` of its units come in orbits of `K`
 transformed copies (weights between two equivariant units are tied
@@ -29,7 +29,6 @@ from capskeras.layers import GroupBatchNormalization
 from capskeras.layers import GroupConv2D
 from capskeras.models import build_p4cnn
 from capskeras.models import build_z2cnn
-from capskeras.models import fold_for_serving
 
 BUILDERS = {
     "p4cnn": lambda: build_p4cnn(seed=0),
@@ -64,7 +63,7 @@ def efficiency(model, name=None):
         layers), `r` (the fraction of convolution output maps that belong
         to group layers) and `formula` (at that K and r).
     """
-    folded = fold_for_serving(model)
+    folded = model.serving_model()
     plain_layers = {layer.name: layer for layer in _layers(folded)}
     rows = []
     orders = set()

@@ -17,7 +17,7 @@ from capskeras.benchmarking.machine import matmul_peak_gflops
 from capskeras.benchmarking.machine import time_steps
 from capskeras.benchmarking.runner import benchmark
 from capskeras.benchmarking.workloads import BENCHMARKS
-from capskeras.benchmarking.workloads import Settings
+from capskeras.benchmarking.workloads import BenchmarkOverrides
 from capskeras.benchmarking.workloads import Workload
 from capskeras.benchmarking.workloads import experiment_workload
 from capskeras.benchmarking.workloads import registered_workload

@@ -4,8 +4,8 @@ import statistics
 
 from capskeras.benchmarking import flops as flop_counting
 from capskeras.benchmarking import machine
-from capskeras.benchmarking.workloads import dtype_policy
 from capskeras.benchmarking.workloads import synthetic_batch
+from capskeras.settings import dtype_policy
 
 # A training step costs this many forward passes (forward + backward).
 TRAIN_FLOPS_FACTOR = 3

@@ -6,7 +6,6 @@ trainer experiments; `experiment_workload` builds an experiment's model
 from its flagfile, the one place the benchmark uses the trainer.
 """
 
-import contextlib
 import dataclasses
 
 import keras
@@ -17,6 +16,7 @@ from capskeras.layers import CapsuleLength
 from capskeras.losses import MarginLoss
 from capskeras.models import em_capsnet
 from capskeras.models.capsnet import capsule_encoder
+from capskeras.settings import dtype_policy
 
 
 @dataclasses.dataclass
@@ -47,8 +47,8 @@ class Workload:
 
 
 @dataclasses.dataclass
-class Settings:
-    """What a registered benchmark is built with; the command line's flags.
+class BenchmarkOverrides:
+    """What the command line overrides in a benchmark's model, batch and seed.
 
     `None` leaves an experiment's flagfile value (and, for registered
     benchmarks, the default in brackets).
@@ -65,17 +65,6 @@ class Settings:
         return default if value is None else value
 
 
-@contextlib.contextmanager
-def dtype_policy(policy):
-    """Within this context, Keras builds layers under `policy`."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 def synthetic_batch(workload, seed=0):
     """The workload's `(inputs, targets)` for images uniform in [0, 1] and random labels."""
     rng = np.random.default_rng(seed)
@@ -84,28 +73,28 @@ def synthetic_batch(workload, seed=0):
     return workload.make_example(tf.constant(images, tf.float32), tf.constant(labels, tf.int32))
 
 
-def _compiled(model, loss, settings):
+def _compiled(model, loss, overrides):
     model.compile(
-        optimizer=keras.optimizers.Adam(settings.resolved("learning_rate", 1e-3)),
+        optimizer=keras.optimizers.Adam(overrides.resolved("learning_rate", 1e-3)),
         loss=loss,
-        jit_compile=settings.resolved("jit_compile", False),
+        jit_compile=overrides.resolved("jit_compile", False),
     )
     return model
 
 
-def _registered(model, image_shape, loss, settings, description):
+def _registered(model, image_shape, loss, overrides, description):
     return Workload(
-        model=_compiled(model, loss, settings),
+        model=_compiled(model, loss, overrides),
         image_shape=tuple(image_shape),
         make_example=lambda inputs, labels: (inputs, labels),
-        batch_size=settings.resolved("batch_size", 100),
-        precision=settings.resolved("precision", "float32"),
-        jit_compile=bool(settings.resolved("jit_compile", False)),
+        batch_size=overrides.resolved("batch_size", 100),
+        precision=overrides.resolved("precision", "float32"),
+        jit_compile=bool(overrides.resolved("jit_compile", False)),
         description=description,
     )
 
 
-def capsnet_conv_stack(settings):
+def capsnet_conv_stack(overrides):
     """CapsNet's encoder up to its primary capsules, the floor of CapsNet's cost.
 
     CapsNet's own `conv1` (256 9x9, ReLU) and `primary_capsules` (256 9x9,
@@ -123,11 +112,11 @@ def capsnet_conv_stack(settings):
     model = keras.Model(encoder.inputs, logits, name="capsnet_conv_stack")
     return _registered(
         model, (28, 28, 1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        settings, "CapsNet's conv1 and primary capsules, pooled to a 10-way softmax",
+        overrides, "CapsNet's conv1 and primary capsules, pooled to a 10-way softmax",
     )
 
 
-def capsnet_routing(settings):
+def capsnet_routing(overrides):
     """CapsNet's digit-capsule layer alone: routing by agreement, timed apart.
 
     CapsNet's own `digit_capsules` (10 capsules of 16D routed from its 1,152
@@ -142,32 +131,32 @@ def capsnet_routing(settings):
     lengths = CapsuleLength(name="lengths")(digit_capsules(inputs))
     model = keras.Model(inputs, lengths, name="capsnet_routing")
     return _registered(
-        model, capsules_shape, MarginLoss(), settings,
+        model, capsules_shape, MarginLoss(), overrides,
         "CapsNet's digit capsules alone, on inputs of its primary capsules' shape",
     )
 
 
 def _em_capsnet(sizes, description):
-    def build(settings):
+    def build(overrides):
         model = em_capsnet.EmCapsNet((32, 32, 1), 5, **sizes)
         model.build((None, 32, 32, 1))
         model.compile(
-            optimizer=keras.optimizers.Adam(settings.resolved("learning_rate", 1e-3)),
+            optimizer=keras.optimizers.Adam(overrides.resolved("learning_rate", 1e-3)),
             loss=model.default_loss(),
-            jit_compile=settings.resolved("jit_compile", False),
+            jit_compile=overrides.resolved("jit_compile", False),
         )
         return Workload(
             model=model, image_shape=(32, 32, 1), make_example=model.make_example,
-            batch_size=settings.resolved("batch_size", 32), num_classes=5,
-            precision=settings.resolved("precision", "float32"),
-            jit_compile=bool(settings.resolved("jit_compile", False)), description=description,
+            batch_size=overrides.resolved("batch_size", 32), num_classes=5,
+            precision=overrides.resolved("precision", "float32"),
+            jit_compile=bool(overrides.resolved("jit_compile", False)), description=description,
         )
 
     return build
 
 
 # Benchmarks that are not trainer experiments, consulted before `flags/`:
-# `name: builder`, with `builder(settings) -> Workload`. The EM networks are
+# `name: builder`, with `builder(overrides) -> Workload`. The EM networks are
 # the sizes the public EM reimplementations are compared at: 32x32 inputs,
 # 5 classes, 3 EM iterations, batch 32.
 BENCHMARKS = {
@@ -180,12 +169,12 @@ BENCHMARKS = {
 }
 
 
-def registered_workload(name, settings=Settings()):
+def registered_workload(name, overrides=BenchmarkOverrides()):
     """The `Workload` of `BENCHMARKS[name]`, built under its precision and seed."""
-    precision = settings.resolved("precision", "float32")
-    keras.utils.set_random_seed(settings.resolved("seed", 0))
+    precision = overrides.resolved("precision", "float32")
+    keras.utils.set_random_seed(overrides.resolved("seed", 0))
     with dtype_policy(precision):
-        return BENCHMARKS[name](settings)
+        return BENCHMARKS[name](overrides)
 
 
 # ----------------------------------------------------------------------------
@@ -193,8 +182,8 @@ def registered_workload(name, settings=Settings()):
 # It builds an experiment's compiled model from its flagfile exactly as the
 # trainer does. Adapt it (and nothing else) when the trainer changes.
 # ----------------------------------------------------------------------------
-def experiment_workload(flagfile, settings=Settings()):
-    """The `Workload` of the trainer experiment in `flagfile`, `settings` overriding it.
+def experiment_workload(flagfile, overrides=BenchmarkOverrides()):
+    """The `Workload` of the trainer experiment in `flagfile`, `overrides` overriding it.
 
     Raises:
         ValueError: the flagfile or a setting is bad, naming it.
@@ -203,8 +192,8 @@ def experiment_workload(flagfile, settings=Settings()):
     from capskeras.training.train import compiled_model
 
     overrides = [
-        f"--{field.name}={getattr(settings, field.name)}"
-        for field in dataclasses.fields(settings) if getattr(settings, field.name) is not None
+        f"--{field.name}={getattr(overrides, field.name)}"
+        for field in dataclasses.fields(overrides) if getattr(overrides, field.name) is not None
     ]
     config = config_from_flagfile(str(flagfile), overrides)
     config.validate()

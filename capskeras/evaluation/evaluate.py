@@ -114,11 +114,6 @@ def parse_angles(items):
     return generalization.check_angles(angles)
 
 
-def _angle_key(angle):
-    """A JSON key for an angle: 35.0 -> "35", 2.5 -> "2.5"."""
-    return f"{float(angle):g}"
-
-
 def _make_names_unique(classifiers):
     seen = {}
     for classifier in classifiers:

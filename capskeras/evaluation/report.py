@@ -375,4 +375,5 @@ def format_report(results, figures=()):
 
 
 def _angle_key(angle):
+    """A JSON key for an angle: 35.0 -> "35", 2.5 -> "2.5"."""
     return f"{float(angle):g}"

@@ -179,10 +179,6 @@ class GroupBatchNormalization(keras.layers.Layer):
             variable.assign(ops.repeat(ops.convert_to_tensor(values[key]), self.group_order))
         return norm
 
-    def plain_equivalent(self):
-        """`to_batch_normalization()`: the plain layer `StudyModel.serving_model` exports."""
-        return self.to_batch_normalization()
-
     def get_config(self):
         config = super().get_config()
         config.update(

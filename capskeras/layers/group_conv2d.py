@@ -289,10 +289,6 @@ class GroupConv2D(keras.layers.Layer):
         conv.set_weights(weights)
         return conv
 
-    def plain_equivalent(self):
-        """`to_conv2d()`: the plain layer `StudyModel.serving_model` exports."""
-        return self.to_conv2d()
-
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -305,7 +305,7 @@ class PredCapsLayer(keras.layers.Layer):
             autocast=False,
         )
         if self.lifetime == "standardize":
-            # Only in this mode, so that layers saved before it load unchanged.
+            # Only in this mode: boosting keeps no score statistics.
             self.score_mean = self.add_weight(
                 name="score_mean", shape=(self.groups,), initializer="zeros",
                 trainable=False, dtype="float32", autocast=False,
@@ -447,11 +447,6 @@ class PredCapsLayer(keras.layers.Layer):
             }
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        # Configs saved before `normalize_kernel` and `lifetime` existed: raw kernels, boosting.
-        return cls(**{"normalize_kernel": False, "lifetime": "boost", **config})
 
 
 def _select(drive, feedback, log_boost, statistics, settings):

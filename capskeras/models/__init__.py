@@ -6,7 +6,6 @@ from capskeras.models.contract import ServableModel
 from capskeras.models.contract import check_servable
 from capskeras.models.gcnn import build_p4cnn
 from capskeras.models.gcnn import build_z2cnn
-from capskeras.models.gcnn import fold_for_serving
 from capskeras.models.heads import ClassificationHead
 from capskeras.models.heads import ReconstructionHead
 from capskeras.models.registry import ENCODERS

@@ -10,6 +10,7 @@ from capskeras.layers.capsule_dense import CapsuleDense
 from capskeras.layers.capsule_length import CapsuleLength
 from capskeras.layers.capsule_mask import CapsuleMask
 from capskeras.layers.primary_capsules import PrimaryCapsules
+from capskeras.models import heads
 
 
 def capsule_encoder(image_shape=(28, 28, 1), num_classes=10, routing_iterations=3,
@@ -33,15 +34,18 @@ def capsule_encoder(image_shape=(28, 28, 1), num_classes=10, routing_iterations=
 
 
 def capsule_decoder(code_dim, image_shape, name="decoder"):
-    """CapsNet's reconstruction decoder: dense 512 ReLU -> 1024 ReLU -> pixels, sigmoid."""
+    """CapsNet's reconstruction decoder: `ReconstructionHead`'s dense stack, as a Sequential.
+
+    Dense 512 ReLU -> 1024 ReLU -> pixels, sigmoid, reshaped to
+    `image_shape`. A Sequential, not a `ReconstructionHead`: CapsNet's and
+    SparseCaps' `.keras` files and checkpoints hold its weights in a
+    Sequential's layout.
+    """
+    hidden, pixels = heads.dense_layers(
+        heads.RECONSTRUCTION_HIDDEN_UNITS, math.prod(image_shape), "sigmoid")
     return keras.Sequential(
-        [
-            keras.Input(shape=(code_dim,)),
-            keras.layers.Dense(512, activation="relu", name="dense_1"),
-            keras.layers.Dense(1024, activation="relu", name="dense_2"),
-            keras.layers.Dense(math.prod(image_shape), activation="sigmoid", name="pixels"),
-            keras.layers.Reshape(tuple(image_shape), name="image"),
-        ],
+        [keras.Input(shape=(code_dim,)), *hidden, pixels,
+         keras.layers.Reshape(tuple(image_shape), name="image")],
         name=name,
     )
 

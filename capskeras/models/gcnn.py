@@ -16,10 +16,10 @@ vector (1x1 on 28x28 digits). Every layer of P4CNN samples symmetrically
 on 28x28 inputs, so its class scores are exactly invariant to quarter
 turns of the input.
 
-Serving: `fold_for_serving(model)` (that is, `model.serving_model()`)
-returns the same model with every `GroupConv2D` folded into a plain
-`Conv2D` (expanded kernel) and every `GroupBatchNormalization` into a
-`BatchNormalization` (repeated statistics). `capskeras.export` exports
+Serving: `model.serving_model()` returns the same model with every
+`GroupConv2D` folded into a plain `Conv2D` (expanded kernel) and every
+`GroupBatchNormalization` into a `BatchNormalization` (repeated
+statistics). `capskeras.export` exports
 `serving_model()`, so the trainer's SavedModels hold plain convolutions:
 
     from capskeras import export
@@ -38,7 +38,6 @@ from capskeras.layers import GroupBatchNormalization
 from capskeras.layers import GroupConv2D
 from capskeras.layers import GroupPooling
 from capskeras.layers import group_algebra
-from capskeras.models.study import StudyModel
 from capskeras.models.study import feature_classifier
 
 Z2CNN_CHANNELS = 20
@@ -144,23 +143,3 @@ def build_z2cnn(image_shape=(28, 28, 1), num_classes=10, seed=None,
     """Z2CNN, the paper's plain baseline, as a classifier meeting the serving contract."""
     return feature_classifier(z2cnn_features(image_shape, channels, dropout, seed), num_classes,
                               name="z2cnn")
-
-
-def fold_for_serving(model):
-    """A `StudyModel` with plain convolutions computing what `model` computes in inference.
-
-    `model.serving_model()`, which `capskeras.export.export_saved_model`
-    calls by itself: every `GroupConv2D` becomes a `Conv2D` with the
-    expanded kernel and every `GroupBatchNormalization` a
-    `BatchNormalization` with repeated statistics.
-
-    Args:
-        model: a `StudyModel` whose encoder is a Sequential feature network,
-            such as `build_p4cnn`'s.
-    """
-    if not isinstance(model, StudyModel) or not isinstance(model.encoder, keras.Sequential):
-        raise TypeError(
-            f"Received: model={model.name!r} of type {type(model).__name__}; expected a "
-            "StudyModel with a Sequential encoder, such as build_p4cnn's"
-        )
-    return model.serving_model()

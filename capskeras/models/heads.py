@@ -10,6 +10,23 @@ import keras
 from keras import ops
 
 
+# The hidden layers of the reconstruction decoder (Sabour et al. 2017).
+RECONSTRUCTION_HIDDEN_UNITS = (512, 1024)
+
+
+def dense_layers(hidden_units, output_units, output_activation):
+    """The heads' dense stack: `(hidden, output)`, ReLU layers `hidden_units`, then one output layer.
+
+    `ReconstructionHead` and `ClassificationHead` hold these layers, and so
+    do the CapsNet and SparseCaps decoders (`capsnet.capsule_decoder`).
+    """
+    hidden = [
+        keras.layers.Dense(int(units), activation="relu", name=f"dense_{i}")
+        for i, units in enumerate(hidden_units)
+    ]
+    return hidden, keras.layers.Dense(output_units, activation=output_activation, name="output")
+
+
 class _DenseStack(keras.layers.Layer):
     """Dense ReLU layers, then dropout (if any), then one output layer."""
 
@@ -18,13 +35,8 @@ class _DenseStack(keras.layers.Layer):
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.dropout = float(dropout)
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout")
-        self.dense_layers = [
-            keras.layers.Dense(units, activation="relu", name=f"dense_{i}")
-            for i, units in enumerate(self.hidden_units)
-        ]
-        self.output_layer = keras.layers.Dense(
-            output_units, activation=output_activation, name="output"
-        )
+        self.dense_layers, self.output_layer = dense_layers(
+            self.hidden_units, output_units, output_activation)
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -73,7 +85,8 @@ class ReconstructionHead(_DenseStack):
 
     target = "images"
 
-    def __init__(self, image_shape=(28, 28, 1), hidden_units=(512, 1024), **kwargs):
+    def __init__(self, image_shape=(28, 28, 1), hidden_units=RECONSTRUCTION_HIDDEN_UNITS,
+                 **kwargs):
         self.image_shape = tuple(int(dim) for dim in image_shape)
         super().__init__(
             hidden_units, math.prod(self.image_shape), "sigmoid", **kwargs

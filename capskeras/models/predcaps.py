@@ -259,11 +259,6 @@ class PredCapsEncoder(keras.Model):
         )
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        # Configs saved before `normalize_kernel` and `lifetime` existed: raw kernels, boosting.
-        return cls(**{"normalize_kernel": False, "lifetime": "boost", **config})
-
 
 @keras.saving.register_keras_serializable(package="capskeras")
 class PredCapsPretrainer(keras.Model):

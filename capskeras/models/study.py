@@ -6,6 +6,16 @@ from capskeras.layers.stop_gradient import StopGradient
 from capskeras.models import heads
 
 
+# The methods by which a layer folds into an ordinary Keras layer computing
+# the same inference (`GroupConv2D`, `GroupBatchNormalization`).
+_FOLDS = ("to_conv2d", "to_batch_normalization")
+
+
+def _fold(layer):
+    """`layer`'s method returning its ordinary equivalent, or None."""
+    return next((getattr(layer, name) for name in _FOLDS if hasattr(layer, name)), None)
+
+
 @keras.saving.register_keras_serializable(package="capskeras")
 class StudyModel(keras.Model):
     """An encoder followed by a head, with the encoder optionally frozen.
@@ -110,22 +120,23 @@ class StudyModel(keras.Model):
     def serving_model(self):
         """The model `capskeras.export` writes: this one, or a plain copy of it.
 
-        When the encoder is a Sequential holding layers with a
-        `plain_equivalent()` method (the group convolutions and group batch
-        norms of P4CNN), returns a new `StudyModel` whose encoder has each
-        replaced by that plain layer (a `Conv2D` with the expanded kernel, a
+        When the encoder is a Sequential holding layers that fold into
+        ordinary ones (`to_conv2d()` of the group convolutions,
+        `to_batch_normalization()` of the group batch norms, as in P4CNN),
+        returns a new `StudyModel` whose encoder has each replaced by that
+        plain layer (a `Conv2D` with the expanded kernel, a
         `BatchNormalization` with repeated statistics) and every other layer
         copied with its weights: the same inference, in ordinary layers, so
         SavedModels hold plain convolutions. Otherwise returns `self`.
         """
         if not isinstance(self.encoder, keras.Sequential) or not any(
-                hasattr(layer, "plain_equivalent") for layer in self.encoder.layers):
+                _fold(layer) for layer in self.encoder.layers):
             return self
         copied = []
         layers = []
         for layer in self.encoder.layers:
-            if hasattr(layer, "plain_equivalent"):
-                layers.append(layer.plain_equivalent())
+            if _fold(layer):
+                layers.append(_fold(layer)())
             else:
                 layers.append(type(layer).from_config(layer.get_config()))
                 copied.append((layers[-1], layer))

@@ -152,10 +152,21 @@ class Task:
     def images(self, split, options, shuffle):
         """A batched `tf.data.Dataset` of `(images, labels)` for `split`.
 
-        `split` is one of `SPLITS`; read it through `tfds_split`. The
-        training pipeline (`"train"`, shuffled) is the one that augments.
+        `split` is one of `SPLITS`; read it through `tfds_split` (or
+        `pipeline_arguments`). The training pipeline (`"train"`, shuffled)
+        is the one that augments.
         """
         raise NotImplementedError
+
+    def pipeline_arguments(self, split, options, shuffle):
+        """What every `capskeras.data` loader takes for `split` under `options`, as keywords.
+
+        `split` (the TFDS split, see `tfds_split`), `batch_size`,
+        `data_dir`, `download`, `num_examples`, `shuffle` and `seed`.
+        """
+        return dict(split=self.tfds_split(split, options), batch_size=options.batch_size,
+                    data_dir=options.data_dir, download=options.download,
+                    num_examples=options.num_examples, shuffle=shuffle, seed=options.seed)
 
     def tfds_split(self, split, options):
         """The TFDS split that `split` reads under `options`.

@@ -68,21 +68,10 @@ class RotatedMnistTask(Task):
 
     def images(self, split, options, shuffle):
         if self.settings.rotated_dataset == UPRIGHT:
-            return mnist.load_mnist(
-                self.tfds_split(split, options), batch_size=options.batch_size,
-                data_dir=options.data_dir, download=options.download,
-                num_examples=options.num_examples, shuffle=shuffle, seed=options.seed)
+            return mnist.load_mnist(**self.pipeline_arguments(split, options, shuffle))
         return rotated_mnist.load_rotated_mnist(
-            self.tfds_split(split, options),
-            batch_size=options.batch_size,
-            dataset=self.settings.rotated_dataset,
-            data_dir=options.data_dir,
-            download=options.download,
-            num_examples=options.num_examples,
-            shuffle=shuffle,
-            seed=options.seed,
-            **self._builder_kwargs(),
-        )
+            **self.pipeline_arguments(split, options, shuffle),
+            dataset=self.settings.rotated_dataset, **self._builder_kwargs())
 
 
 @register_task("p4cnn")

@@ -37,13 +37,7 @@ class MnistTask(Task):
     def images(self, split, options, shuffle):
         training = split == "train" and shuffle
         return mnist.load_mnist(
-            self.tfds_split(split, options),
-            batch_size=options.batch_size,
-            data_dir=options.data_dir,
-            download=options.download,
-            num_examples=options.num_examples,
-            shuffle=shuffle,
-            seed=options.seed,
+            **self.pipeline_arguments(split, options, shuffle),
             translate_pixels=self.settings.translate_pixels if training else 0,
             pad_to=self.settings.pad_to or None,
         )

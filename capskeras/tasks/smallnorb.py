@@ -50,13 +50,7 @@ class SmallNorbTask(Task):
 
     def images(self, split, options, shuffle):
         return smallnorb.load_smallnorb(
-            self.tfds_split(split, options),
-            batch_size=options.batch_size,
-            data_dir=options.data_dir,
-            download=options.download,
-            num_examples=options.num_examples,
-            shuffle=shuffle,
-            seed=options.seed,
+            **self.pipeline_arguments(split, options, shuffle),
             augment=split == "train" and shuffle,
             brightness_delta=self.settings.brightness_delta,
             contrast_range=(self.settings.contrast_lower, self.settings.contrast_upper),

@@ -19,6 +19,7 @@ from capskeras.settings import setting
 from capskeras.tasks.base import FrozenEncoder
 from capskeras.tasks.base import Stage
 from capskeras.tasks.base import register_task
+from capskeras.tasks.capsnet import routing_iterations_setting
 from capskeras.tasks.mnist import MnistTask
 
 
@@ -55,10 +56,7 @@ class StudyTask(MnistTask):
             0, "k-sparse encoder: pretraining epochs over which k falls to its target.",
             check=at_least(0),
         )
-        routing_iterations: int = setting(
-            3, "Capsule models: routing-by-agreement iterations.", check=at_least(1),
-            resume=MODEL,
-        )
+        routing_iterations: int = routing_iterations_setting()
         predcaps_k: tuple = setting(
             predcaps.DEFAULT_PREDCAPS_K, "PredCaps: winning capsules per position in each layer.",
             check=(_three_positive_ints, "three ints >= 1"), resume=MODEL,

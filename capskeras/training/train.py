@@ -41,6 +41,7 @@ from capskeras.files import WriteError
 from capskeras.files import reported_as_write_error
 from capskeras.files import write_text_atomically
 from capskeras.models.contract import check_servable
+from capskeras.settings import dtype_policy
 from capskeras.tasks import InputOptions
 from capskeras.training import figures
 from capskeras.training import checkpoints
@@ -80,10 +81,9 @@ def train(config):
         lock = run_lock.acquire(config.model_dir, worker)
     except (run_lock.RunLockedError, OSError) as error:
         raise ConfigurationError(str(error)) from error
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.precision)
     try:
-        return _Run(config, changes, lock).run()
+        with dtype_policy(config.precision):
+            return _Run(config, changes, lock).run()
     except (checkpoints.UnreadableCheckpointError, loop.WorkersDisagreeError) as error:
         raise ConfigurationError(str(error)) from error
     except tf.errors.OpError as error:
@@ -93,7 +93,6 @@ def train(config):
             raise lost from error
         raise
     finally:
-        keras.config.set_dtype_policy(previous_policy)
         lock.release()
 
 
