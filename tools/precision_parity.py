@@ -16,7 +16,9 @@ throughput, images per second over the whole `fit` (tracing and the epoch's
 checkpoint included, so short runs understate it). The JSON holds every
 run's figures and the machine (CPU model, its bfloat16 extensions, oneDNN).
 Runs go seed by seed, so an interrupted sweep has every family's first seed
-first; the JSON is rewritten after every run.
+first; the JSON is rewritten after every run. `--tables_from=a.json,b.json`
+trains nothing and prints the table of earlier sweeps' runs together (say,
+a second seed run apart).
 """
 
 # oneDNN on (unless TF_ENABLE_ONEDNN_OPTS is set) before anything imports TensorFlow.
@@ -208,16 +210,17 @@ def main(argv):
         print(f"precision_parity.py: error: {error}", file=sys.stderr)
         sys.exit(2)
     if FLAGS.tables_from:
-        runs = []
+        runs, measured = [], {}
         for path in FLAGS.tables_from:
             with open(path) as f:
-                runs += json.load(f)["runs"]
+                saved = json.load(f)
+            runs += saved["runs"]
+            for name in ("train_examples", "eval_examples", "epochs"):
+                measured.setdefault(name, set()).add(saved["settings"][name])
         families = [family for family in families if any(run["family"] == family for run in runs)]
-        seeds = sorted({run["seed"] for run in runs})
-        examples = sorted({run.get("train_examples", FLAGS.train_examples) for run in runs})
-        settings = {"train_examples": examples[0] if len(examples) == 1 else examples,
-                    "eval_examples": FLAGS.eval_examples, "epochs": FLAGS.epochs,
-                    "seeds": seeds, "precisions": precisions}
+        settings = {name: values.pop() if len(values) == 1 else sorted(values)
+                    for name, values in measured.items()}
+        settings.update(seeds=sorted({run["seed"] for run in runs}), precisions=precisions)
         print(markdown(summarize(runs, families, precisions), precisions, settings))
         return
     settings = {"train_examples": FLAGS.train_examples, "eval_examples": FLAGS.eval_examples,
