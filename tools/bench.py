@@ -8,7 +8,14 @@
 `capsnet_routing`, `em_capsnet_small`, `em_capsnet_large`) or trainer experiments (`flags/<name>.cfg`, built and
 compiled exactly as the trainer builds them). `--batch_size`,
 `--learning_rate`, `--jit_compile`, `--precision` and `--seed` override an
-experiment's flagfile. Every model is stepped on a synthetic batch (images
+experiment's flagfile. `--precision` takes a list of Keras dtype policies
+(`auto`: the one `capskeras-train --precision=auto` picks here):
+
+    python tools/bench.py --benchmarks=capsnet_mnist --precision=float32,mixed_bfloat16
+
+times every benchmark under each, names them `<benchmark>:<policy>` and adds
+`precision_ratios`: each policy's throughputs over the first's, per
+benchmark. Every model is stepped on a synthetic batch (images
 uniform in [0, 1], random labels): after `--warmup_steps` untimed steps,
 each of `--repeats` repeats times `--steps` train steps
 (`model.train_on_batch`) and predict steps (`model.predict_on_batch`) of
@@ -50,8 +57,9 @@ flags.DEFINE_integer("batch_size", None, "Images per step; default: the experime
 flags.DEFINE_float("learning_rate", None, "Adam's learning rate; default: the experiment's.")
 flags.DEFINE_boolean("jit_compile", None, "Compile whole steps with XLA; default: the "
                      "experiment's, or False.")
-flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
-                  "Keras dtype policy; default: the experiment's, or float32.")
+flags.DEFINE_list("precision", None,
+                  "Keras dtype policies (float32, mixed_float16, mixed_bfloat16, auto), each "
+                  "timed; default: the experiment's, or float32.")
 flags.DEFINE_integer("seed", None, "Seeds weights and batches; default: the experiment's, or 0.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats; throughputs are their medians.", lower_bound=1)
 flags.DEFINE_integer("steps", 10, "Train and predict steps per timed repeat.", lower_bound=1)
@@ -83,6 +91,35 @@ def workload(name, settings):
     raise ValueError(f"Received: benchmarks={name!r}; expected names from {accepted_names()}")
 
 
+def precisions(requested):
+    """The policies to time: `[None]` (each experiment's own) or `requested`, `auto` resolved."""
+    from capskeras.precision import auto_precision
+    from capskeras.training.config import PRECISIONS
+
+    if not requested:
+        return [None]
+    policies = []
+    for name in requested:
+        if name not in PRECISIONS:
+            raise ValueError(
+                f"Received: precision={name!r}; expected a list of {list(PRECISIONS)}")
+        policies.append(auto_precision()[0] if name == "auto" else name)
+    return list(dict.fromkeys(policies))
+
+
+def precision_ratios(models, names, policies):
+    """Per benchmark, each later policy's throughputs over the first policy's."""
+    ratios = {"of": f"each policy / {policies[0]}; medians over repeats"}
+    for name in names:
+        first = models[f"{name}:{policies[0]}"]
+        ratios[name] = {
+            policy: {kind: round(models[f"{name}:{policy}"][kind] / first[kind], 3)
+                     for kind in ("train_images_per_s", "infer_images_per_s")}
+            for policy in policies[1:]
+        }
+    return ratios
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
@@ -91,12 +128,17 @@ def main(argv):
     json_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     names = list(dict.fromkeys(name.strip() for name in FLAGS.benchmarks if name.strip()))
-    settings = benchmarking.BenchmarkOverrides(
-        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-        jit_compile=FLAGS.jit_compile, precision=FLAGS.precision, seed=FLAGS.seed,
-    )
     try:
-        workloads = {name: workload(name, settings) for name in names}
+        policies = precisions(FLAGS.precision)
+        workloads = {}
+        for name in names:  # Each benchmark's policies side by side.
+            for policy in policies:
+                settings = benchmarking.BenchmarkOverrides(
+                    batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+                    jit_compile=FLAGS.jit_compile, precision=policy, seed=FLAGS.seed,
+                )
+                key = name if len(policies) == 1 else f"{name}:{policy}"
+                workloads[key] = workload(name, settings)
         result = benchmarking.benchmark(
             workloads, FLAGS.repeats, FLAGS.steps, FLAGS.warmup_steps,
             tuple(FLAGS.matmul_sizes), seed=settings.resolved("seed", 0),
@@ -104,6 +146,8 @@ def main(argv):
     except ValueError as error:
         print(f"bench.py: error: {error}", file=sys.stderr)
         sys.exit(2)
+    if len(policies) > 1:
+        result["precision_ratios"] = precision_ratios(result["models"], names, policies)
     line = json.dumps(result)
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:

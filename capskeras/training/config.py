@@ -20,7 +20,8 @@ from capskeras.settings import at_least
 from capskeras.settings import setting
 from capskeras.training.strategy import STRATEGIES
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Keras dtype policies, and "auto": `capskeras.precision.auto_precision` picks one per machine.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 
 
 @dataclasses.dataclass
@@ -80,7 +81,11 @@ class TrainConfig(Settings):
         check=at_least(0),
     )
     jit_compile: bool = setting(False, "Compile the train step with XLA.", resume=FREE)
-    precision: str = setting("float32", "Keras dtype policy.", choices=PRECISIONS, resume=MODEL)
+    precision: str = setting(
+        "float32", "Keras dtype policy; auto: mixed_bfloat16 where the GPU (compute capability "
+        ">= 8.0) or CPU (AMX, AVX-512 BF16) multiplies bfloat16, float32 elsewhere. A run "
+        "records the policy auto chose, and resumes under it on any machine.",
+        choices=PRECISIONS, resume=MODEL)
     checkpoint_every_steps: int = setting(
         250, "Also checkpoint every N steps within an epoch (with the input position); "
         "0 for epoch ends only.", check=at_least(0), resume=FREE,

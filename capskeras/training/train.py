@@ -23,6 +23,7 @@ infinite; 4 a multi-worker run lost a peer (start every worker again);
 earlier ones kept.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +37,7 @@ import keras
 import tensorflow as tf
 
 from capskeras import export
+from capskeras import precision as precisions
 from capskeras.data import mnist
 from capskeras.files import WriteError
 from capskeras.files import reported_as_write_error
@@ -75,6 +77,10 @@ def train(config):
         strategy.LostWorkerError: a `multi_worker` run lost a peer worker,
             or a collective outlasted `collective_timeout_seconds`.
     """
+    try:
+        config, precision_reason = resolve_precision(config)
+    except ValueError as error:  # An unreadable config.json.
+        raise ConfigurationError(str(error)) from error
     changes = preflight(config)
     worker = strategies.worker_index() if config.distribution_strategy == "multi_worker" else 0
     try:
@@ -83,7 +89,7 @@ def train(config):
         raise ConfigurationError(str(error)) from error
     try:
         with dtype_policy(config.precision):
-            return _Run(config, changes, lock).run()
+            return _Run(config, changes, lock, precision_reason).run()
     except (checkpoints.UnreadableCheckpointError, loop.WorkersDisagreeError) as error:
         raise ConfigurationError(str(error)) from error
     except tf.errors.OpError as error:
@@ -94,6 +100,37 @@ def train(config):
         raise
     finally:
         lock.release()
+
+
+def resolve_precision(config):
+    """`config` with `precision="auto"` replaced by the dtype policy it stands for.
+
+    A new run takes `capskeras.precision.auto_precision()`'s choice for
+    this machine. A run that resumes keeps the policy its `config.json`
+    recorded (the choice made when it started, wherever that was): the
+    policy sets the dtype of the model's variables and its arithmetic, so
+    a run started under `auto` on a bfloat16 machine resumes under
+    `mixed_bfloat16` on any other, and one started under `float32` stays
+    there. An explicit policy that differs from the recorded one is refused
+    by `preflight`, naming both. (A multi-worker run on machines of
+    different kinds should name its policy: each worker resolves `auto`.)
+
+    Returns:
+        `(config, reason)`: a copy of `config` holding the policy, and in
+        words why `auto` chose it; `config` itself and `None` for an
+        explicit policy.
+    """
+    if config.precision != "auto":
+        return config, None
+    saved = run_dir.saved_settings(config.model_dir) if config.model_dir else None
+    if saved is not None:
+        # A run recorded before `precision` existed ran under the default, float32.
+        policy = saved.get("precision", "float32")
+        reason = f"the policy the run in {config.model_dir!r} started with"
+    else:
+        policy, reason = precisions.auto_precision()
+    logging.info("precision=auto: %s (%s)", policy, reason)
+    return dataclasses.replace(config, precision=policy), reason
 
 
 def preflight(config):
@@ -133,8 +170,9 @@ def preflight(config):
 class _Run:
     """One run of `train`: its strategy, its stages and what it writes."""
 
-    def __init__(self, config, changes, lock):
+    def __init__(self, config, changes, lock, precision_reason=None):
         self.config = config
+        self.precision_reason = precision_reason
         self.changes = changes
         self.lock = lock
         self.task = config.task()
@@ -164,7 +202,10 @@ class _Run:
             "settings": self.task.settings.to_dict(),
             "distribution_strategy": config.distribution_strategy,
             "replicas": self.strategy.num_replicas_in_sync,
+            "precision": config.precision,
         }
+        if self.precision_reason:
+            results["precision_auto"] = self.precision_reason
         pretrained = {}
         for stage in self.task.pretraining():
             model, results[stage.name] = self._train(
