@@ -105,6 +105,9 @@ def test_a_block_of_another_backend_runs_and_saves_for_tensorflow(line, code, tm
     # What it saves (the JAX example: its CapsNet) loads here under TensorFlow.
     import keras
 
+    import capskeras.layers  # noqa: F401  Register the classes the .keras file names.
+    import capskeras.losses  # noqa: F401
+
     for path in tmp_path.glob("*.keras"):
         model = keras.saving.load_model(path)
         images = np.zeros((2,) + tuple(model.input_shape[1:]), "float32")
