@@ -12,7 +12,7 @@ import capskeras.data  # noqa: F401  Registers the builders, as users do.
 from capskeras.data import affnist
 from capskeras.data import prepare
 from capskeras.data import transforms
-from capskeras.data.mnist import DatasetNotFoundError
+from capskeras.data.builders import DatasetNotFoundError
 from capskeras.data.mnist import load_mnist
 
 SIZE = affnist.IMAGE_SIZE

@@ -16,7 +16,7 @@ reachable and copy `<dir>/smallnorb` to the machine that trains.
 import tensorflow_datasets as tfds
 
 from capskeras.data import affnist
-from capskeras.data import mnist
+from capskeras.data import builders
 from capskeras.data import smallnorb
 
 NAMES = affnist.NAMES + (smallnorb.NAME,)
@@ -31,7 +31,7 @@ def prepare(name, data_dir=None, manual_dir=None):
     base = name.split("/")[0]
     if base not in NAMES:
         raise ValueError(f"Received: name={name!r}; expected one of {NAMES} (optionally /config)")
-    builder = tfds.builder(name, data_dir=mnist.resolve_data_dir(data_dir))
+    builder = tfds.builder(name, data_dir=builders.resolve_data_dir(data_dir))
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
     return builder

@@ -36,7 +36,7 @@ import keras
 import tensorflow as tf
 
 from capskeras import export
-from capskeras.data import mnist
+from capskeras.data.builders import DatasetNotFoundError
 from capskeras.files import WriteError
 from capskeras.files import reported_as_write_error
 from capskeras.files import write_text_atomically
@@ -126,7 +126,7 @@ def preflight(config):
         task.tfds_split("train", _input_options(config, "train"))  # validation_examples fits
         if config.cpu_devices:
             strategies.split_host_cpu(config.cpu_devices)
-    except (ValueError, TypeError, mnist.DatasetNotFoundError) as error:
+    except (ValueError, TypeError, DatasetNotFoundError) as error:
         raise ConfigurationError(str(error)) from error
     return changes
 
