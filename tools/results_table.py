@@ -330,5 +330,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags(FLAGS)
-    app.run(main)
+    cli.run_command("results_table.py", define_flags, main)

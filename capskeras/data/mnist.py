@@ -83,5 +83,6 @@ def load_mnist(
     # the 40x40 affNIST canvas would be 384 MB.
     return pipeline.batched(
         prepared_builder("mnist", data_dir=data_dir, download=download), split,
-        batch_size=batch_size, read=pipeline.Step(pipeline.image_and_label, parallel=False), steps=steps,
-        num_examples=num_examples, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder)
+        batch_size=batch_size, read=pipeline.Step(pipeline.image_and_label, parallel=False),
+        steps=steps, num_examples=num_examples, shuffle=shuffle, seed=seed,
+        drop_remainder=drop_remainder)

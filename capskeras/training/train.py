@@ -35,6 +35,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from capskeras import cli
 from capskeras import export
 from capskeras.data.builders import DatasetNotFoundError
 from capskeras.files import WriteError
@@ -410,18 +411,9 @@ def _fail(error, exit_code):
     sys.exit(exit_code)
 
 
-def _parse_flags(argv):
-    """absl's parsing, with a bad flag value reported as a usage error (exit 2)."""
-    try:
-        return absl_flags.FLAGS(argv)
-    except absl_flags.Error as error:
-        _fail(error, 2)
-
-
-def run():
+def run(argv=None):
     """Console-script entry point of `capskeras-train`."""
-    define_flags(absl_flags.FLAGS)
-    app.run(main, flags_parser=_parse_flags)
+    cli.run_command("capskeras-train", define_flags, main, argv)
 
 
 if __name__ == "__main__":
