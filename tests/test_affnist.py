@@ -3,6 +3,7 @@
 import os
 import zipfile
 
+from absl import flags
 import numpy as np
 import pytest
 import scipy.io
@@ -12,7 +13,7 @@ import capskeras.data  # noqa: F401  Registers the builders, as users do.
 from capskeras.data import affnist
 from capskeras.data import prepare
 from capskeras.data import transforms
-from capskeras.data.mnist import DatasetNotFoundError
+from capskeras.data.builders import DatasetNotFoundError
 from capskeras.data.mnist import load_mnist
 
 SIZE = affnist.IMAGE_SIZE
@@ -85,7 +86,10 @@ def prepared_affnist(tmp_path_factory, mnist_digits):
         archive.write(staging / "1.mat", "validation_batches/1.mat")
     data_dir = root / "tfds"
     # As from the shell: python -m capskeras.data.prepare affnist --data_dir=... --manual_dir=...
-    prepare._main(["affnist", f"--data_dir={data_dir}", f"--manual_dir={manual}"])
+    flag_values = flags.FlagValues()
+    prepare.define_flags(flag_values)
+    prepare.main(flag_values(["prepare", "affnist", f"--data_dir={data_dir}",
+                              f"--manual_dir={manual}"]), flag_values)
     return str(data_dir), images, all_labels, all_transforms.astype("float32")
 
 

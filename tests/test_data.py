@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from capskeras.data import mnist
-from capskeras.data.mnist import DatasetNotFoundError
+from capskeras.data import builders
+from capskeras.data.builders import DatasetNotFoundError
 from capskeras.data.mnist import load_mnist
 
 # Small slices of the real (offline) MNIST test split keep these tests fast.
@@ -221,7 +221,7 @@ def test_unreachable_download_host_is_reported_without_a_download(tmp_path, monk
         calls.append(builder)
         return False
 
-    monkeypatch.setattr(mnist, "_download_host_reachable", unreachable)
+    monkeypatch.setattr(builders, "_download_host_reachable", unreachable)
     with pytest.raises(DatasetNotFoundError) as info:
         load_mnist("test", batch_size=4, data_dir=str(tmp_path), download=True)
     assert calls, "load_mnist did not check the download host"
@@ -234,11 +234,11 @@ def test_download_host_reachable_is_false_fast_for_invalid_host():
         URL = "https://storage.capskeras-test.invalid/mnist/"
 
     start = time.monotonic()
-    assert mnist._download_host_reachable(InvalidHostBuilder(), timeout=2.0) is False
+    assert builders._download_host_reachable(InvalidHostBuilder(), timeout=2.0) is False
     assert time.monotonic() - start < 5.0
 
 
 def test_prepared_builder_returns_the_prepared_dataset():
-    builder = mnist.prepared_builder("mnist", download=False)
+    builder = builders.prepared_builder("mnist", download=False)
     assert builder.is_prepared()
     assert builder.info.splits["test"].num_examples == 10000

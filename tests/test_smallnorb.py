@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from capskeras.data import mnist
+from capskeras.data import builders
 from capskeras.data import prepare
 from capskeras.data import smallnorb
-from capskeras.data.mnist import DatasetNotFoundError
+from capskeras.data.builders import DatasetNotFoundError
 from capskeras.data.smallnorb import load_smallnorb
 from capskeras.tasks import InputOptions
 from capskeras.tasks import SmallNorbTask
@@ -238,7 +238,7 @@ def test_unreachable_download_host_is_a_clear_error(tmp_path, monkeypatch):
         probed.append(url)
         return False
 
-    monkeypatch.setattr(mnist, "_download_host_reachable", unreachable)
+    monkeypatch.setattr(builders, "_download_host_reachable", unreachable)
     with pytest.raises(DatasetNotFoundError) as info:
         load_smallnorb("test", batch_size=4, data_dir=str(tmp_path), download=True)
     assert probed == [smallnorb.URL]

@@ -271,3 +271,74 @@ def test_bench_command_line_two_models():
     train_convs = convs + 2 * (20 * 20 * 81 * 256) + 2 * 2 * (6 * 6 * 81 * 256 * 256)
     assert conv_stack["train_flops_per_image_counted"] == pytest.approx(train_convs, rel=0.01)
     assert conv_stack["train_flops_per_image_counted"] < 3 * convs
+
+
+# --- the command-line convention --------------------------------------------
+# Every command defines its flags in define_flags(flag_values), called only by
+# its entry point: importing it defines nothing on absl's global FLAGS.
+
+CONVERTED_DEFAULTS = {
+    "bench_gcnn": {"pairs": ["lifting", "group", "p4cnn_vs_z2cnn", "p4cnn_vs_folded"],
+                   "group": "p4", "batch_size": 64, "size": 28, "channels": 10, "filters": 10,
+                   "repeats": 5, "steps": 5, "json": None},
+    "param_efficiency": {"model": ["p4cnn", "p4mcnn", "z2cnn"], "json": None},
+    "predcaps_speed": {"batch_size": 128, "repeats": 5, "steps": 10, "feedback_iterations": 1,
+                       "jit_compile": False},
+    "rotation_equivariance": {"rotations": ["4", "8", "16"], "kernel_sizes": ["3", "5", "7"],
+                              "examples": 64, "seed": 0},
+    "predcaps_figures": {"pretrain_epochs": 2, "eval_after": [], "head_epochs": 20,
+                         "batch_size": 64, "learning_rate": 1e-3, "train_examples": None,
+                         "output_dir": "runs/predcaps_figures", "normalization": "unit_total"},
+    "bench": {"repeats": 5, "steps": 10, "warmup_steps": 3, "matmul_sizes": [1024, 2048]},
+    "bench_backends": {"models": ["capsnet", "p4cnn"], "batch_size": 32},
+    "equivariance_report": {"judge": "runs/judge", "pairs": 2000, "data_dir": ""},
+    "train_judge": {"output_dir": "runs/judge", "data_dir": ""},
+    "results_table": {"runs_dir": ["runs"], "train": False},
+}
+
+
+def test_importing_a_command_defines_no_flags_and_define_flags_keeps_the_defaults():
+    from absl import flags
+
+    from capskeras.data import prepare
+    from capskeras.evaluation import evaluate
+
+    before = set(flags.FLAGS)
+    for name, defaults in CONVERTED_DEFAULTS.items():
+        # A fresh module each time, so the import really runs.
+        spec = importlib.util.spec_from_file_location(f"capskeras_convention_{name}",
+                                                      TOOLS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        flag_values = flags.FlagValues()
+        module.define_flags(flag_values)
+        assert {key: flag_values[key].default for key in defaults} == defaults, name
+    assert set(flags.FLAGS) == before
+    for module in (prepare, evaluate):
+        flag_values = flags.FlagValues()
+        module.define_flags(flag_values)
+        assert flag_values["data_dir"].default in (None, "")
+
+
+def test_prepare_names_a_bad_dataset_and_the_accepted_ones(capsys):
+    from absl import flags
+
+    from capskeras.data import prepare
+
+    flag_values = flags.FlagValues()
+    prepare.define_flags(flag_values)
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(flag_values(["prepare", "norb"]), flag_values)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "name='norb'" in error and "smallnorb" in error and "affnist_regen" in error
+
+
+def test_a_bad_flag_value_exits_2_naming_the_value_and_the_accepted_ones():
+    # bench_backends.py imports no TensorFlow before parsing its flags: fast.
+    result = _run_tool("bench_backends", "--steps=0")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "bench_backends.py: error: flag --steps=0: 0 is not a positive integer" in result.stderr
+    assert result.stdout == ""
+    result = _run_tool("bench_backends", "--no_such_flag=1")
+    assert result.returncode == 2 and "no_such_flag" in result.stderr

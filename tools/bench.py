@@ -45,30 +45,42 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from capskeras import benchmarking  # noqa: E402
+from capskeras import cli  # noqa: E402
 
+FLAGS = flags.FLAGS
 FLAGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "flags"
 
-flags.DEFINE_list(
-    "benchmarks", None,
-    "Comma-separated benchmarks: registered names or experiments (flagfiles in flags/).",
-)
-flags.DEFINE_integer("batch_size", None, "Images per step; default: the experiment's, or 100.",
-                     lower_bound=1)
-flags.DEFINE_float("learning_rate", None, "Adam's learning rate; default: the experiment's.")
-flags.DEFINE_boolean("jit_compile", None, "Compile whole steps with XLA; default: the "
-                     "experiment's, or False.")
-flags.DEFINE_list("precision", None,
-                  "Keras dtype policies (float32, mixed_float16, mixed_bfloat16, auto), each "
-                  "timed; default: the experiment's, or float32.")
-flags.DEFINE_integer("seed", None, "Seeds weights and batches; default: the experiment's, or 0.")
-flags.DEFINE_integer("repeats", 5, "Timed repeats; throughputs are their medians.", lower_bound=1)
-flags.DEFINE_integer("steps", 10, "Train and predict steps per timed repeat.", lower_bound=1)
-flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (tracing, XLA compilation).",
-                     lower_bound=0)
-flags.DEFINE_multi_integer("matmul_sizes", [1024, 2048],
-                           "Square float32 matmul sizes tried for the peak; the best counts.")
-flags.DEFINE_string("output", None, "Also write the JSON result to this file.")
-FLAGS = flags.FLAGS
+
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`; `--benchmarks` is required."""
+    flags.DEFINE_list(
+        "benchmarks", None,
+        "Comma-separated benchmarks: registered names or experiments (flagfiles in flags/).",
+        flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", None, "Images per step; default: the experiment's, or 100.",
+                         lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_float("learning_rate", None, "Adam's learning rate; default: the experiment's.",
+                       flag_values=flag_values)
+    flags.DEFINE_boolean("jit_compile", None, "Compile whole steps with XLA; default: the "
+                         "experiment's, or False.", flag_values=flag_values)
+    flags.DEFINE_list("precision", None,
+                      "Keras dtype policies (float32, mixed_float16, mixed_bfloat16, auto), each "
+                      "timed; default: the experiment's, or float32.", flag_values=flag_values)
+    flags.DEFINE_integer("seed", None,
+                         "Seeds weights and batches; default: the experiment's, or 0.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 5, "Timed repeats; throughputs are their medians.",
+                         lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_integer("steps", 10, "Train and predict steps per timed repeat.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (tracing, XLA compilation).",
+                         lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_multi_integer("matmul_sizes", [1024, 2048],
+                               "Square float32 matmul sizes tried for the peak; the best counts.",
+                               flag_values=flag_values)
+    flags.DEFINE_string("output", None, "Also write the JSON result to this file.",
+                        flag_values=flag_values)
+    flags.mark_flag_as_required("benchmarks", flag_values=flag_values)
 
 
 def experiment_names():
@@ -157,5 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("benchmarks")
-    app.run(main)
+    cli.run_command("bench.py", define_flags, main)

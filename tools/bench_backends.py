@@ -36,21 +36,31 @@ import time  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from capskeras import cli  # noqa: E402
+
 BACKENDS = ("tensorflow", "jax", "torch")
 MODELS = ("capsnet", "p4cnn")
-
-flags.DEFINE_list("backends", None, "Keras backends to run, from tensorflow, jax, torch; "
-                  "default: every one installed.")
-flags.DEFINE_list("models", list(MODELS), "Models to run: capsnet, p4cnn.")
-flags.DEFINE_integer("batch_size", 32, "Images per step.", lower_bound=1)
-flags.DEFINE_integer("steps", 5, "Train and predict steps per timed repeat.", lower_bound=1)
-flags.DEFINE_integer("repeats", 3, "Timed repeats; images/s are their medians.", lower_bound=1)
-flags.DEFINE_integer("warmup_steps", 2, "Untimed steps first (tracing, compilation).",
-                     lower_bound=1)
-flags.DEFINE_string("worker", None, "Internal: run the models under this backend (already "
-                    "set in KERAS_BACKEND) and print their JSON.")
-flags.DEFINE_string("output", None, "Also write the JSON result to this file.")
 FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`."""
+    flags.DEFINE_list("backends", None, "Keras backends to run, from tensorflow, jax, torch; "
+                      "default: every one installed.", flag_values=flag_values)
+    flags.DEFINE_list("models", list(MODELS), "Models to run: capsnet, p4cnn.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 32, "Images per step.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("steps", 5, "Train and predict steps per timed repeat.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 3, "Timed repeats; images/s are their medians.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("warmup_steps", 2, "Untimed steps first (tracing, compilation).",
+                         lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_string("worker", None, "Internal: run the models under this backend (already "
+                        "set in KERAS_BACKEND) and print their JSON.", flag_values=flag_values)
+    flags.DEFINE_string("output", None, "Also write the JSON result to this file.",
+                        flag_values=flag_values)
 
 
 def cpu_description():
@@ -185,4 +195,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_command("bench_backends.py", define_flags, main)

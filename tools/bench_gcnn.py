@@ -25,15 +25,18 @@ Pairs:
     python tools/bench_gcnn.py --batch_size=64 --repeats=5 --steps=5
 """
 
-import argparse
 import json
 import statistics
+import sys
 import time
 
+from absl import app
+from absl import flags
 import keras
 import numpy as np
 import tensorflow as tf
 
+from capskeras import cli
 from capskeras.benchmarking.flops import forward_flops
 from capskeras.benchmarking.machine import machine_facts
 from capskeras.layers import GroupConv2D
@@ -42,6 +45,9 @@ from capskeras.models import build_z2cnn
 
 PAIRS = ("lifting", "group", "p4cnn_vs_z2cnn", "p4cnn_vs_folded")
 ORDERS = {"p4": 4, "p4m": 8}
+FLAGS = flags.FLAGS
+SETTINGS = ("pairs", "group", "batch_size", "size", "channels", "filters", "repeats", "steps",
+            "json")
 
 
 def _single(layer, input_shape):
@@ -121,31 +127,46 @@ def compare(name, batch_size=64, repeats=5, steps=5, **pair_kwargs):
     return result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", default=",".join(PAIRS))
-    parser.add_argument("--group", default="p4", choices=sorted(ORDERS))
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--size", type=int, default=28, help="side of the layer inputs")
-    parser.add_argument("--channels", type=int, default=10, help="group layer input channels")
-    parser.add_argument("--filters", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`."""
+    common = dict(flag_values=flag_values)
+    flags.DEFINE_list("pairs", list(PAIRS), f"Comparisons to run, any of {', '.join(PAIRS)}.",
+                      **common)
+    flags.DEFINE_enum("group", "p4", sorted(ORDERS), "The group of the group layers.", **common)
+    flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1, **common)
+    flags.DEFINE_integer("size", 28, "Side of the layer inputs.", lower_bound=3, **common)
+    flags.DEFINE_integer("channels", 10, "Group layer input channels.", lower_bound=1, **common)
+    flags.DEFINE_integer("filters", 10, "Filters of the layers compared.", lower_bound=1,
+                         **common)
+    flags.DEFINE_integer("repeats", 5, "Interleaved timed repeats; figures are their medians.",
+                         lower_bound=1, **common)
+    flags.DEFINE_integer("steps", 5, "Steps per timed repeat.", lower_bound=1, **common)
+    flags.DEFINE_string("json", None, "Also write the results to this file.", **common)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    unknown = [name for name in FLAGS.pairs if name not in PAIRS]
+    if unknown or not FLAGS.pairs:
+        print(f"bench_gcnn.py: error: Received: pairs={','.join(FLAGS.pairs)}; expected one or "
+              f"more of {', '.join(PAIRS)}", file=sys.stderr)
+        sys.exit(2)
+    args = {name: FLAGS[name].value for name in SETTINGS}
     tf.get_logger().setLevel("ERROR")  # one trace per model and step is intended
     facts = machine_facts()
     print(f"{facts['device']}; vector extensions {','.join(facts['cpu_vector_extensions'])}; "
           f"oneDNN {'on' if facts['onednn_enabled'] else 'off'}; load "
           f"{facts['load_average_1min']}; TensorFlow {facts['tensorflow_version']}; batch "
-          f"{args.batch_size}, {args.repeats} interleaved repeats of {args.steps} steps, medians")
+          f"{FLAGS.batch_size}, {FLAGS.repeats} interleaved repeats of {FLAGS.steps} steps, "
+          "medians")
     print("| pair | forward MFLOP group / plain | inference ms group / plain | ratio | "
           "per FLOP | train ms group / plain | ratio | per FLOP |")
     print("|---|---|---|---:|---:|---|---:|---:|")
     results = []
-    for name in args.pairs.split(","):
-        layer_kwargs = {"size": args.size, "channels": args.channels, "filters": args.filters}
-        result = compare(name, args.batch_size, args.repeats, args.steps, group=args.group,
+    for name in FLAGS.pairs:
+        layer_kwargs = {"size": FLAGS.size, "channels": FLAGS.channels, "filters": FLAGS.filters}
+        result = compare(name, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps, group=FLAGS.group,
                          **(layer_kwargs if name in ("lifting", "group") else {}))
         results.append(result)
         cells = [f"{result['group_forward_flops'] / 1e6:.2f} / "
@@ -155,10 +176,10 @@ def main():
             cells += [f"{timing['group_ms']:.2f} / {timing['plain_ms']:.2f}",
                       f"{timing['ratio']:.2f}", f"{timing['ratio_per_flop']:.2f}"]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"machine": facts, "args": vars(args), "results": results}, handle, indent=2)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as handle:
+            json.dump({"machine": facts, "args": args, "results": results}, handle, indent=2)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command("bench_gcnn.py", define_flags, main)

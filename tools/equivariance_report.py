@@ -37,6 +37,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from capskeras import cli
 from capskeras.data import mnist
 from capskeras.evaluation import equivariance
 from capskeras.evaluation import judge as judge_lib
@@ -44,19 +45,34 @@ from capskeras.evaluation import plots
 from capskeras.files import write_text_atomically
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", [], "Model directories holding model.keras (or .keras files).")
-flags.DEFINE_list("names", [], "Display names, one per model; default the directory names.")
-flags.DEFINE_string("judge", "runs/judge", "The judge (tools/train_judge.py's output_dir); "
-                    "empty to skip plausibility.")
-flags.DEFINE_string("output_dir", "runs/equivariance", "Where the report and PNGs go.")
-flags.DEFINE_integer("grid_digits", 3, "Digits drawn in each perturbation grid.")
-flags.DEFINE_integer("sweep_digits", 100, "Digits whose sweeps the judge scores.")
-flags.DEFINE_integer("rows", 8, "Code elements perturbed per digit (capsules: all 16).")
-flags.DEFINE_list("scales", [str(s) for s in equivariance.SCALES],
-                  "Perturbation offsets, in standard deviations of the perturbed element.")
-flags.DEFINE_integer("pairs", 2000, "Digits for the transformation maps (half fit, half test).")
-flags.DEFINE_integer("family_digits", 500, "Digits for the rotated feature families.")
-flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for $TFDS_DATA_DIR.")
+
+
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`."""
+    flags.DEFINE_list("models", [], "Model directories holding model.keras (or .keras files).",
+                      flag_values=flag_values)
+    flags.DEFINE_list("names", [], "Display names, one per model; default the directory names.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("judge", "runs/judge", "The judge (tools/train_judge.py's output_dir); "
+                        "empty to skip plausibility.", flag_values=flag_values)
+    flags.DEFINE_string("output_dir", "runs/equivariance", "Where the report and PNGs go.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("grid_digits", 3, "Digits drawn in each perturbation grid.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("sweep_digits", 100, "Digits whose sweeps the judge scores.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("rows", 8, "Code elements perturbed per digit (capsules: all 16).",
+                         flag_values=flag_values)
+    flags.DEFINE_list("scales", [str(s) for s in equivariance.SCALES],
+                      "Perturbation offsets, in standard deviations of the perturbed element.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("pairs", 2000,
+                         "Digits for the transformation maps (half fit, half test).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("family_digits", 500, "Digits for the rotated feature families.",
+                         flag_values=flag_values)
+    flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for $TFDS_DATA_DIR.",
+                        flag_values=flag_values)
 
 REPORT_FILE = "equivariance.md"
 
@@ -248,4 +264,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_command("equivariance_report.py", define_flags, main)

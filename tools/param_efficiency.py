@@ -19,17 +19,21 @@ Reference:
     Cohen and Welling, "Group Equivariant Convolutional Networks", ICML 2016.
 """
 
-import argparse
 import json
 import math
+import sys
 
+from absl import app
+from absl import flags
 import keras
 
+from capskeras import cli
 from capskeras.layers import GroupBatchNormalization
 from capskeras.layers import GroupConv2D
 from capskeras.models import build_p4cnn
 from capskeras.models import build_z2cnn
 
+FLAGS = flags.FLAGS
 BUILDERS = {
     "p4cnn": lambda: build_p4cnn(seed=0),
     "p4mcnn": lambda: build_p4cnn(seed=0, group="p4m"),
@@ -118,16 +122,28 @@ def markdown(report):
 def _load(spec):
     if spec in BUILDERS:
         return BUILDERS[spec]()
+    if not spec.endswith(".keras"):
+        raise ValueError(
+            f"Received: model={spec!r}; expected one of {sorted(BUILDERS)} or a .keras file")
     return keras.saving.load_model(spec, safe_mode=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="p4cnn,p4mcnn,z2cnn",
-                        help=f"comma-separated: {sorted(BUILDERS)} or .keras files")
-    parser.add_argument("--json", default=None, help="also write the reports here")
-    args = parser.parse_args()
-    reports = [efficiency(_load(spec), spec) for spec in args.model.split(",")]
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`."""
+    flags.DEFINE_list("model", ["p4cnn", "p4mcnn", "z2cnn"],
+                      f"Comma-separated models: any of {sorted(BUILDERS)}, or .keras files.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("json", None, "Also write the reports here.", flag_values=flag_values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    try:
+        reports = [efficiency(_load(spec), spec) for spec in FLAGS.model]
+    except (ValueError, OSError) as error:
+        print(f"param_efficiency.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
     for report in reports:
         print(markdown(report) + "\n")
     table = ["| r | " + " | ".join(f"K={k}" for k in (4, 8, 16)) + " |", "|---|---|---|---|"]
@@ -135,10 +151,10 @@ def main():
         table.append(f"| {r:.2f} | " + " | ".join(f"{formula(k, r):.3f}" for k in (4, 8, 16))
                      + " |")
     print("Formula 1 - (K-1)/K r^2:\n\n" + "\n".join(table))
-    if args.json:
-        with open(args.json, "w") as handle:
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as handle:
             json.dump(reports, handle, indent=2)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command("param_efficiency.py", define_flags, main)

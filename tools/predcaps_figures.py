@@ -20,21 +20,30 @@ Until the trainer's PredCaps task exists, this is the PredCaps study run:
 Results go to `<output_dir>/results.json`, appended as they come.
 """
 
-import argparse
 import json
 import os
 import platform
 import subprocess
+import sys
 import time
 
+from absl import app
+from absl import flags
 import keras
 import numpy as np
 
+from capskeras import cli
 from capskeras.data import load_mnist
 from capskeras.models import heads
 from capskeras.models.predcaps import DEFAULT_PREDCAPS_K
 from capskeras.models.predcaps import PredCapsPretrainer
 from capskeras.models.predcaps import predcaps_encoder
+from capskeras.training.flags import parse_ints
+
+FLAGS = flags.FLAGS
+SETTINGS = ("pretrain_epochs", "eval_after", "head_epochs", "batch_size", "learning_rate",
+            "train_examples", "test_examples", "head_train_examples", "k",
+            "feedback_iterations", "normalization", "selection", "seed", "output_dir")
 
 
 def _cpu():
@@ -91,43 +100,60 @@ def _head_figures(encoder, data, head_epochs, seed):
     return results
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pretrain_epochs", type=int, default=2)
-    parser.add_argument("--eval_after", default="", help="comma-separated epochs; default: last")
-    parser.add_argument("--head_epochs", type=int, default=20)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--train_examples", type=int, default=None)
-    parser.add_argument("--test_examples", type=int, default=None)
-    parser.add_argument("--head_train_examples", type=int, default=None,
-                        help="training images the heads see (default: all)")
-    parser.add_argument("--k", default=",".join(map(str, DEFAULT_PREDCAPS_K)))
-    parser.add_argument("--feedback_iterations", type=int, default=1)
-    parser.add_argument("--normalization", default="unit_total")
-    parser.add_argument("--selection", default="capsule")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_dir", default="runs/predcaps_figures")
-    args = parser.parse_args()
-    os.makedirs(args.output_dir, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-    eval_after = {int(e) for e in args.eval_after.split(",") if e} or {args.pretrain_epochs}
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`."""
+    common = dict(flag_values=flag_values)
+    flags.DEFINE_integer("pretrain_epochs", 2, "Epochs of PredCaps' local learning.",
+                         lower_bound=1, **common)
+    flags.DEFINE_list("eval_after", [], "Pretraining epochs after which the heads train; "
+                      "empty for the last.", **common)
+    flags.DEFINE_integer("head_epochs", 20, "Epochs of each head.", lower_bound=1, **common)
+    flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1, **common)
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate of the local learning.",
+                       lower_bound=0.0, **common)
+    flags.DEFINE_integer("train_examples", None, "Pretrain on the first N training images; "
+                         "default all.", lower_bound=1, **common)
+    flags.DEFINE_integer("test_examples", None, "Test the heads on the first N test images; "
+                         "default all.", lower_bound=1, **common)
+    flags.DEFINE_integer("head_train_examples", None, "Training images the heads see; "
+                         "default all.", lower_bound=1, **common)
+    flags.DEFINE_list("k", [str(k) for k in DEFAULT_PREDCAPS_K],
+                      "Winning capsules per position in each PredCaps layer.", **common)
+    flags.DEFINE_integer("feedback_iterations", 1, "PredCaps' down-and-up rounds.",
+                         lower_bound=0, **common)
+    flags.DEFINE_string("normalization", "unit_total", "PredCaps' normalization.", **common)
+    flags.DEFINE_string("selection", "capsule", "PredCaps' selection.", **common)
+    flags.DEFINE_integer("seed", 0, "Seeds the weights and the shuffles.", **common)
+    flags.DEFINE_string("output_dir", "runs/predcaps_figures",
+                        "Where results.json and the encoders go.", **common)
 
-    encoder = predcaps_encoder(
-        seed=args.seed, k=[int(v) for v in args.k.split(",")],
-        feedback_iterations=args.feedback_iterations, normalization=args.normalization,
-        selection=args.selection,
-    )
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    args = {name: FLAGS[name].value for name in SETTINGS}
+    try:
+        k = list(parse_ints("k", FLAGS.k))
+        eval_after = set(parse_ints("eval_after", FLAGS.eval_after)) or {FLAGS.pretrain_epochs}
+        keras.utils.set_random_seed(FLAGS.seed)
+        encoder = predcaps_encoder(
+            seed=FLAGS.seed, k=k, feedback_iterations=FLAGS.feedback_iterations,
+            normalization=FLAGS.normalization, selection=FLAGS.selection,
+        )
+    except ValueError as error:
+        print(f"predcaps_figures.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
     pretrainer = PredCapsPretrainer(encoder, name="predcaps_pretrainer")
-    pretrainer.compile(keras.optimizers.Adam(args.learning_rate))
+    pretrainer.compile(keras.optimizers.Adam(FLAGS.learning_rate))
     images = load_mnist(
-        "train", batch_size=args.batch_size, shuffle=True, seed=args.seed,
-        num_examples=args.train_examples,
+        "train", batch_size=FLAGS.batch_size, shuffle=True, seed=FLAGS.seed,
+        num_examples=FLAGS.train_examples,
     ).map(lambda x, y: x)
-    data = (_arrays("train", args.head_train_examples), _arrays("test", args.test_examples))
-    results = {"args": vars(args), "cpu": _cpu(), "epochs": []}
-    path = os.path.join(args.output_dir, "results.json")
-    for epoch in range(1, args.pretrain_epochs + 1):
+    data = (_arrays("train", FLAGS.head_train_examples), _arrays("test", FLAGS.test_examples))
+    results = {"args": args, "cpu": _cpu(), "epochs": []}
+    path = os.path.join(FLAGS.output_dir, "results.json")
+    for epoch in range(1, FLAGS.pretrain_epochs + 1):
         started = time.perf_counter()
         history = pretrainer.fit(images, epochs=1, verbose=2).history
         entry = {"pretrain_epoch": epoch, "seconds": time.perf_counter() - started,
@@ -135,9 +161,9 @@ def main():
                  "win_frequency": [
                      keras.ops.convert_to_numpy(layer.win_frequency).round(4).tolist()
                      for layer in encoder.pred_caps_layers]}
-        encoder.save(os.path.join(args.output_dir, f"encoder_epoch_{epoch}.keras"))
+        encoder.save(os.path.join(FLAGS.output_dir, f"encoder_epoch_{epoch}.keras"))
         if epoch in eval_after:
-            entry.update(_head_figures(encoder, data, args.head_epochs, args.seed))
+            entry.update(_head_figures(encoder, data, FLAGS.head_epochs, FLAGS.seed))
         results["epochs"].append(entry)
         with open(path, "w") as file:
             json.dump(results, file, indent=2)
@@ -146,4 +172,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command("predcaps_figures.py", define_flags, main)

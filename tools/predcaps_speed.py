@@ -20,7 +20,6 @@ run as Keras compiles them by default here (no XLA), as the trainer does
 unless `--jit_compile` is given. Prints one JSON object.
 """
 
-import argparse
 import json
 import platform
 import resource
@@ -28,11 +27,16 @@ import statistics
 import subprocess
 import time
 
+from absl import app
+from absl import flags
 import keras
 import numpy as np
 
+from capskeras import cli
 from capskeras import tasks
 from capskeras.data import load_mnist
+
+FLAGS = flags.FLAGS
 
 
 def _cpu():
@@ -47,32 +51,40 @@ def _cpu():
            f"{fields.get('CPU(s)', '').strip()} CPUs"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--feedback_iterations", type=int, default=1)
-    parser.add_argument("--jit_compile", action="store_true")
-    args = parser.parse_args()
-    images, labels = next(iter(load_mnist("train", batch_size=args.batch_size)))
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`."""
+    common = dict(flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 128, "Images per step.", lower_bound=1, **common)
+    flags.DEFINE_integer("repeats", 5, "Timed repeats; figures are their medians.",
+                         lower_bound=1, **common)
+    flags.DEFINE_integer("steps", 10, "Steps of each model per timed repeat.", lower_bound=1,
+                         **common)
+    flags.DEFINE_integer("feedback_iterations", 1, "PredCaps' down-and-up rounds.",
+                         lower_bound=0, **common)
+    flags.DEFINE_boolean("jit_compile", False, "Compile the steps with XLA.", **common)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    images, labels = next(iter(load_mnist("train", batch_size=FLAGS.batch_size)))
     images, labels = images.numpy(), labels.numpy()
 
-    predcaps = {"encoder": "predcaps", "feedback_iterations": args.feedback_iterations}
+    predcaps = {"encoder": "predcaps", "feedback_iterations": FLAGS.feedback_iterations}
     study = tasks.get_task("study")
     stage, = study(study.Settings(**predcaps), seed=0).pretraining()
     pretrainer = stage.build_model()
-    pretrainer.compile(keras.optimizers.Adam(1e-3), jit_compile=args.jit_compile)
+    pretrainer.compile(keras.optimizers.Adam(1e-3), jit_compile=FLAGS.jit_compile)
     deep_bp = tasks.build_model("study", encoder="deep_bp", head="recon")
     deep_bp.compile(keras.optimizers.Adam(1e-3), deep_bp.default_loss(),
-                    jit_compile=args.jit_compile)
+                    jit_compile=FLAGS.jit_compile)
     predcaps_class, predcaps_one_pass = (
         tasks.build_model("study", head="class", predcaps_inference_feedback=rounds, **predcaps)
         for rounds in (-1, 0))
     for model in (predcaps_class, predcaps_one_pass):
-        model.compile(jit_compile=args.jit_compile)
+        model.compile(jit_compile=FLAGS.jit_compile)
     deep_bp_class = tasks.build_model("study", encoder="deep_bp", head="class")
-    deep_bp_class.compile(jit_compile=args.jit_compile)
+    deep_bp_class.compile(jit_compile=FLAGS.jit_compile)
 
     steps = {
         "train/predcaps_pretrain": lambda: pretrainer.train_on_batch(images),
@@ -85,17 +97,17 @@ def main():
         step()
         step()
     rates = {name: [] for name in steps}
-    for _ in range(args.repeats):
+    for _ in range(FLAGS.repeats):
         for name, step in steps.items():
             started = time.perf_counter()
-            for _ in range(args.steps):
+            for _ in range(FLAGS.steps):
                 step()
-            rates[name].append(args.batch_size * args.steps / (time.perf_counter() - started))
+            rates[name].append(FLAGS.batch_size * FLAGS.steps / (time.perf_counter() - started))
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(json.dumps({
-        "cpu": _cpu(), "batch_size": args.batch_size, "steps": args.steps,
-        "repeats": args.repeats, "feedback_iterations": args.feedback_iterations,
-        "jit_compile": args.jit_compile,
+        "cpu": _cpu(), "batch_size": FLAGS.batch_size, "steps": FLAGS.steps,
+        "repeats": FLAGS.repeats, "feedback_iterations": FLAGS.feedback_iterations,
+        "jit_compile": FLAGS.jit_compile,
         "images_per_second": {name: round(value, 1) for name, value in medians.items()},
         "all_repeats": {name: [round(v, 1) for v in values] for name, values in rates.items()},
         "train_ratio_predcaps_over_deep_bp": round(
@@ -110,4 +122,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command("predcaps_speed.py", define_flags, main)

@@ -41,6 +41,7 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from capskeras import cli  # noqa: E402
 from capskeras.training.config import TrainConfig  # noqa: E402
 from capskeras.training.flags import config_from_flagfile  # noqa: E402
 from capskeras.training.flags import define_flags as define_trainer_flags  # noqa: E402
@@ -330,5 +331,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags(FLAGS)
-    app.run(main)
+    cli.run_command("results_table.py", define_flags, main)

@@ -13,14 +13,20 @@ class-score-like vector after pooling over the rotations and the plane.
     python tools/rotation_equivariance.py --rotations=4,8,16 --kernel_sizes=3,5,7
 """
 
-import argparse
+import sys
 
+from absl import app
+from absl import flags
 import keras
 
+from capskeras import cli
 from capskeras.data import load_mnist
 from capskeras.layers import GroupPooling
 from capskeras.layers import RotatedConv2D
 from capskeras.testing import equivariance
+from capskeras.training.flags import parse_ints
+
+FLAGS = flags.FLAGS
 
 
 def digits(count):
@@ -66,21 +72,33 @@ def measure(x, rotations, kernel_size, filters=4, seed=0):
     }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rotations", default="4,8,16")
-    parser.add_argument("--kernel_sizes", default="3,5,7")
-    parser.add_argument("--examples", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    x = digits(args.examples)
-    print(f"{args.examples} MNIST test digits, two layers of 4 channels, turns by 360 / K")
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`."""
+    common = dict(flag_values=flag_values)
+    flags.DEFINE_list("rotations", ["4", "8", "16"], "Numbers K of rotations, ints >= 1.",
+                      **common)
+    flags.DEFINE_list("kernel_sizes", ["3", "5", "7"], "Kernel sizes, odd ints >= 1.", **common)
+    flags.DEFINE_integer("examples", 64, "MNIST test digits measured.", lower_bound=1, **common)
+    flags.DEFINE_integer("seed", 0, "Seeds the layers' initializers.", **common)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Received unexpected arguments {argv[1:]}; expected flags only")
+    try:
+        all_rotations = parse_ints("rotations", FLAGS.rotations)
+        kernel_sizes = parse_ints("kernel_sizes", FLAGS.kernel_sizes)
+    except ValueError as error:
+        print(f"rotation_equivariance.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    x = digits(FLAGS.examples)
+    print(f"{FLAGS.examples} MNIST test digits, two layers of 4 channels, turns by 360 / K")
     print("| K | degrees | kernel | equivariance error | at 90 degrees | plain CNN "
           "| after pooling |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for rotations in (int(k) for k in args.rotations.split(",")):
-        for kernel_size in (int(k) for k in args.kernel_sizes.split(",")):
-            r = measure(x, rotations, kernel_size, seed=args.seed)
+    for rotations in all_rotations:
+        for kernel_size in kernel_sizes:
+            r = measure(x, rotations, kernel_size, seed=FLAGS.seed)
             quarter = "n/a" if r["quarter_turn_error"] is None else \
                 f"{r['quarter_turn_error']:.1e}"
             print(f"| {rotations} | {r['degrees']:.1f} | {kernel_size} | "
@@ -89,4 +107,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command("rotation_equivariance.py", define_flags, main)

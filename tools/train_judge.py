@@ -14,15 +14,25 @@ import sys
 from absl import app
 from absl import flags
 
+from capskeras import cli
 from capskeras.evaluation import judge
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "runs/judge", "Where judge.keras and judge.json go.")
-flags.DEFINE_integer("epochs", judge.RECIPE["epochs"], "Epochs (the recipe: 3).")
-flags.DEFINE_integer("train_examples", judge.RECIPE["train_examples"],
-                     "MNIST training digits (the recipe: all 60,000).")
-flags.DEFINE_integer("seed", judge.RECIPE["seed"], "Seed (the recipe: 0).")
-flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for $TFDS_DATA_DIR.")
+
+
+def define_flags(flag_values):
+    """Defines the tool's flags on `flag_values`."""
+    flags.DEFINE_string("output_dir", "runs/judge", "Where judge.keras and judge.json go.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("epochs", judge.RECIPE["epochs"], "Epochs (the recipe: 3).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("train_examples", judge.RECIPE["train_examples"],
+                         "MNIST training digits (the recipe: all 60,000).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("seed", judge.RECIPE["seed"], "Seed (the recipe: 0).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("data_dir", "", "Prepared TFDS directory; empty for $TFDS_DATA_DIR.",
+                        flag_values=flag_values)
 
 
 def main(argv):
@@ -39,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_command("train_judge.py", define_flags, main)

@@ -67,7 +67,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from capskeras.checks import check_positive_int
-from capskeras.data import mnist
+from capskeras.data import builders
+from capskeras.data import pipeline
 
 IMAGE_SIZE = 40
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -359,7 +360,7 @@ def _mnist_test_digits(data_dir_root, num_digits):
     # MNIST beside the new dataset if it is there, else $TFDS_DATA_DIR.
     root = os.fspath(data_dir_root) if data_dir_root else None
     source = root if root and tfds.builder("mnist", data_dir=root).is_prepared() else None
-    builder = mnist.prepared_builder("mnist", data_dir=source)
+    builder = builders.prepared_builder("mnist", data_dir=source)
     split = f"test[:{num_digits}]" if num_digits else "test"
     data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
     return data["image"], data["label"]
@@ -522,7 +523,7 @@ def _prepared(name, data_dir, download):
     base = name.split("/")[0]
     if base not in NAMES:
         raise ValueError(f"Received: name={name!r}; expected one of {NAMES} (optionally /config)")
-    return mnist.prepared_builder(
+    return builders.prepared_builder(
         name, data_dir=data_dir, download=download, how_to_prepare=HOW_TO_PREPARE[base]
     )
 
@@ -556,29 +557,21 @@ def load_affnist(split="test", *, batch_size, name="affnist", data_dir=None, dow
         DatasetNotFoundError: the dataset is not prepared (and not
             downloaded); the message says how to prepare it.
     """
-    check_positive_int("batch_size", batch_size)
-    if num_examples is not None:
-        check_positive_int("num_examples", num_examples)
+    pipeline.check_batching(batch_size, num_examples)
     builder = _prepared(name, data_dir, download)
     splits = tuple(builder.info.splits)
     if split not in splits:
         raise ValueError(f"Received: split={split!r} for {name!r}; expected one of {splits}")
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
-    if num_examples is not None:
-        dataset = dataset.take(num_examples)
-    if shuffle:
-        size = builder.info.splits[split].num_examples
-        dataset = dataset.shuffle(min(size, num_examples or size, 100_000), seed=seed,
-                                  reshuffle_each_iteration=True)
 
     def decode(example):
-        image = tf.cast(example["image"], tf.float32) / 255.0
-        label = tf.cast(example["label"], tf.int32)
+        image, label = pipeline.image_and_label(example)
         if with_transforms:
-            return image, label, example["transform"]
-        return image, label
+            return pipeline.unit_float(image), label, example["transform"]
+        return pipeline.unit_float(image), label
 
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
+    # No cache: the real training split is 1,600,000 images; the shuffle
+    # buffer holds at most 100,000 undecoded examples.
+    return pipeline.batched(
+        builder, split, batch_size=batch_size, steps=[pipeline.Step(decode)],
+        num_examples=num_examples, shuffle=shuffle, seed=seed, cache=False,
+        max_shuffle_buffer=100_000, drop_remainder=drop_remainder)

@@ -1,81 +1,15 @@
 """MNIST through TensorFlow Datasets, as batched `tf.data` pipelines."""
 
-import os
-import socket
-import urllib.parse
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
-
-from capskeras.checks import check_positive_int
+from capskeras.data import pipeline
 from capskeras.data import transforms
+from capskeras.data.builders import DatasetNotFoundError  # What load_mnist raises.
+from capskeras.data.builders import prepared_builder
 
 SPLITS = ("train", "test")
 TARGETS = ("labels", "images")
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset is not prepared locally and cannot be downloaded."""
-
-
-def resolve_data_dir(data_dir=None):
-    """The TFDS directory to read: `data_dir`, else `$TFDS_DATA_DIR`, else TFDS's default."""
-    return data_dir or os.environ.get("TFDS_DATA_DIR") or None
-
-
-def _download_host_reachable(builder, timeout=5.0, url=None):
-    """Whether the dataset's download host answers, within `timeout` seconds.
-
-    `url` defaults to the builder class's `URL` attribute; builders without
-    one (TFDS's `smallnorb`) pass theirs.
-    """
-    url = url or getattr(type(builder), "URL", None) or ""
-    host = urllib.parse.urlparse(url).hostname
-    if not host:
-        return True  # No known host: let TFDS try and report.
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def prepared_builder(name="mnist", data_dir=None, download=True, how_to_prepare=None,
-                     download_url=None, **builder_kwargs):
-    """Returns a prepared TFDS builder, downloading only when possible.
-
-    `builder_kwargs` go to `tfds.builder` (a `config`, for instance);
-    `how_to_prepare` is a sentence appended to the error, saying how this
-    dataset is prepared (e.g. the command that builds it); `download_url`
-    is a URL of the dataset's files, whose host is probed before
-    downloading (defaults to the builder class's `URL`).
-
-    Raises:
-        DatasetNotFoundError: the data is not in `data_dir` and either
-            `download` is False or the download host cannot be reached. The
-            message names the dataset, the directory searched and how to
-            point capskeras at a prepared copy.
-    """
-    data_dir = resolve_data_dir(data_dir)
-    builder = tfds.builder(name, data_dir=data_dir, **builder_kwargs)
-    if builder.is_prepared():
-        return builder
-    searched = builder.data_dir
-    reason = "downloading is disabled (download=False)"
-    if download:
-        if _download_host_reachable(builder, url=download_url):
-            builder.download_and_prepare()
-            return builder
-        reason = "its download host cannot be reached from this machine"
-    raise DatasetNotFoundError(
-        f"Dataset {name!r} is not prepared in {searched} and {reason}. "
-        "Point --data_dir (or the TFDS_DATA_DIR environment variable) at a "
-        f"directory holding a prepared TFDS copy, i.e. one containing "
-        f"{builder.info.full_name}/dataset_info.json."
-        + (f" {how_to_prepare}" if how_to_prepare else "")
-    )
 
 
 def load_mnist(
@@ -114,14 +48,10 @@ def load_mnist(
             (40 for the affNIST protocol).
         drop_remainder: drop the last partial batch.
     """
-    if split.split("[")[0] not in SPLITS:
-        raise ValueError(
-            f"Received: split={split!r}; expected one of {SPLITS}, or a TFDS slice of one")
+    pipeline.check_split(split, SPLITS)
     if target not in TARGETS:
         raise ValueError(f"Received: target={target!r}; expected one of {TARGETS}")
-    check_positive_int("batch_size", batch_size)
-    if num_examples is not None:
-        check_positive_int("num_examples", num_examples)
+    pipeline.check_batching(batch_size, num_examples)
     if pad_to is not None and (
         not isinstance(pad_to, int) or isinstance(pad_to, bool) or pad_to < IMAGE_SHAPE[0]
     ):
@@ -133,40 +63,26 @@ def load_mnist(
             f"Received: translate_pixels={translate_pixels!r}; expected an int >= 0"
         )
 
-    builder = prepared_builder("mnist", data_dir=data_dir, download=download)
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
-    if num_examples is not None:
-        dataset = dataset.take(num_examples)
-
-    def raw(example):
-        return example["image"], tf.cast(example["label"], tf.int32)
-
     def decode(image, label):
-        image = tf.cast(image, tf.float32) / 255.0
+        image = pipeline.unit_float(image)
         if pad_to is not None:
             image = transforms.pad_to(image, pad_to)
         return image, label
 
+    def translate(example, rng):
+        image, label = example
+        return transforms.random_translate(image, translate_pixels, rng), label
+
+    steps = [pipeline.Step(decode)]
+    if translate_pixels:
+        steps.append(pipeline.Step(translate, random_draws=2))
+    if target == "images":
+        steps.append(pipeline.Step(lambda image, label: (image, image), parallel=False))
     # The cache and the shuffle buffer each hold the whole split: as uint8
     # at 28x28 that is 47 MB apiece for the training split, where float32 on
     # the 40x40 affNIST canvas would be 384 MB.
-    dataset = dataset.map(raw).cache()
-    if shuffle:
-        size = builder.info.splits[split].num_examples
-        dataset = dataset.shuffle(
-            min(size, num_examples or size), seed=seed, reshuffle_each_iteration=True
-        )
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    if translate_pixels:
-        noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip(dataset, noise.batch(2))
-
-        def translate(example, rng):
-            image, label = example
-            return transforms.random_translate(image, translate_pixels, rng), label
-
-        dataset = dataset.map(translate, num_parallel_calls=tf.data.AUTOTUNE)
-    if target == "images":
-        dataset = dataset.map(lambda image, label: (image, image))
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return pipeline.batched(
+        prepared_builder("mnist", data_dir=data_dir, download=download), split,
+        batch_size=batch_size, read=pipeline.Step(pipeline.image_and_label, parallel=False),
+        steps=steps, num_examples=num_examples, shuffle=shuffle, seed=seed,
+        drop_remainder=drop_remainder)

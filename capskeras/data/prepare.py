@@ -13,13 +13,19 @@ and downloads about 250 MB from cs.nyu.edu: run it where the internet is
 reachable and copy `<dir>/smallnorb` to the machine that trains.
 """
 
+import sys
+
+from absl import app
+from absl import flags
 import tensorflow_datasets as tfds
 
+from capskeras import cli
 from capskeras.data import affnist
-from capskeras.data import mnist
+from capskeras.data import builders
 from capskeras.data import smallnorb
 
 NAMES = affnist.NAMES + (smallnorb.NAME,)
+PROG = "python -m capskeras.data.prepare"
 
 
 def prepare(name, data_dir=None, manual_dir=None):
@@ -31,29 +37,35 @@ def prepare(name, data_dir=None, manual_dir=None):
     base = name.split("/")[0]
     if base not in NAMES:
         raise ValueError(f"Received: name={name!r}; expected one of {NAMES} (optionally /config)")
-    builder = tfds.builder(name, data_dir=mnist.resolve_data_dir(data_dir))
+    builder = tfds.builder(name, data_dir=builders.resolve_data_dir(data_dir))
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
     return builder
 
 
-def _main(argv=None):
-    import argparse
+def define_flags(flag_values):
+    """Defines the command's flags on `flag_values`; the dataset's name is its argument."""
+    flags.DEFINE_string("data_dir", None,
+                        "TFDS directory to write to; defaults to $TFDS_DATA_DIR.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("manual_dir", None,
+                        "affnist: the directory holding the three *_batches.zip files.",
+                        flag_values=flag_values)
 
-    parser = argparse.ArgumentParser(
-        prog="python -m capskeras.data.prepare",
-        description="Prepares the affnist, the (regenerated) affnist_regen or the smallnorb "
-                    "TFDS dataset.",
-    )
-    parser.add_argument("name", help="affnist, affnist_regen, affnist_regen/small or smallnorb")
-    parser.add_argument("--data_dir", default=None,
-                        help="TFDS directory to write to; defaults to $TFDS_DATA_DIR")
-    parser.add_argument("--manual_dir", default=None,
-                        help="affnist: the directory holding the three *_batches.zip files")
-    args = parser.parse_args(argv)
-    builder = prepare(args.name, args.data_dir, args.manual_dir)
+
+def main(argv, flag_values=flags.FLAGS):
+    """Prepares the dataset named by the one argument, under the parsed `flag_values`."""
+    if len(argv) != 2:
+        raise app.UsageError(
+            f"Received arguments {argv[1:]}; expected one dataset name, one of "
+            f"{', '.join(NAMES)} or affnist_regen/<config>")
+    try:
+        builder = prepare(argv[1], flag_values.data_dir, flag_values.manual_dir)
+    except ValueError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(f"{builder.info.full_name}: {builder.data_dir}")
 
 
 if __name__ == "__main__":
-    _main()
+    cli.run_command(PROG, define_flags, main)

@@ -32,7 +32,6 @@ style of `load_mnist`.
 """
 
 import os
-import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +39,8 @@ import tensorflow_datasets as tfds
 
 from capskeras.checks import check_non_negative_int
 from capskeras.checks import check_positive_int
-from capskeras.data import mnist
+from capskeras.data import builders
+from capskeras.data import pipeline
 from capskeras.data import transforms
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -49,6 +49,7 @@ DATASETS = ("rotated_mnist_regen", "rotated_mnist")
 TRAIN_FILE = "mnist_all_rotation_normalized_float_train_valid.amat"
 TEST_FILE = "mnist_all_rotation_normalized_float_test.amat"
 MNIST_SIZES = (("train", 60000), ("test", 10000))
+SPLITS = ("train", "test")
 REGEN_VERSION = "1.1.0"
 
 _CITATION = """\
@@ -218,10 +219,10 @@ class RotatedMnistRegen(tfds.core.GeneratorBasedBuilder):
 
     def _mnist_builder(self):
         """MNIST from this builder's data_dir, else `$TFDS_DATA_DIR`, else downloaded."""
-        for directory in (os.fspath(self.data_dir_root), mnist.resolve_data_dir(None)):
+        for directory in (os.fspath(self.data_dir_root), builders.resolve_data_dir(None)):
             if directory and tfds.builder("mnist", data_dir=directory).is_prepared():
                 return tfds.builder("mnist", data_dir=directory)
-        return mnist.prepared_builder("mnist", data_dir=os.fspath(self.data_dir_root))
+        return builders.prepared_builder("mnist", data_dir=os.fspath(self.data_dir_root))
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Generated from TFDS MNIST, nothing to download.
@@ -321,14 +322,9 @@ def load_rotated_mnist(
     """
     if dataset not in DATASETS:
         raise ValueError(f"Received: dataset={dataset!r}; expected one of {DATASETS}")
-    if split.split("[")[0] not in mnist.SPLITS:
-        raise ValueError(
-            f"Received: split={split!r}; expected 'train' or 'test', or a TFDS slice of one"
-        )
-    check_positive_int("batch_size", batch_size)
-    if num_examples is not None:
-        check_positive_int("num_examples", num_examples)
-    data_dir = mnist.resolve_data_dir(data_dir)
+    pipeline.check_split(split, SPLITS)
+    pipeline.check_batching(batch_size, num_examples)
+    data_dir = builders.resolve_data_dir(data_dir)
     kwargs = {} if config is None else {"config": config}
     builder = tfds.builder(dataset, data_dir=data_dir, **kwargs)
     if not builder.is_prepared():
@@ -340,18 +336,10 @@ def load_rotated_mnist(
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         else:
-            builder = mnist.prepared_builder(dataset, data_dir=data_dir, download=download,
-                                             **kwargs)
-    data = builder.as_dataset(split=split, shuffle_files=False)
-    if num_examples is not None:
-        data = data.take(num_examples)
-    data = data.map(lambda example: (example["image"], tf.cast(example["label"], tf.int32)))
-    data = data.cache()
-    if shuffle:
-        size = builder.info.splits[split].num_examples
-        data = data.shuffle(min(size, num_examples or size), seed=seed,
-                            reshuffle_each_iteration=True)
-    data = data.map(lambda image, label: (tf.cast(image, tf.float32) / 255.0, label),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    data = data.batch(batch_size, drop_remainder=drop_remainder)
-    return data.prefetch(tf.data.AUTOTUNE)
+            builder = builders.prepared_builder(dataset, data_dir=data_dir,
+                                                download=download, **kwargs)
+    return pipeline.batched(
+        builder, split, batch_size=batch_size,
+        read=pipeline.Step(pipeline.image_and_label, parallel=False),
+        steps=[pipeline.Step(lambda image, label: (pipeline.unit_float(image), label))],
+        num_examples=num_examples, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder)

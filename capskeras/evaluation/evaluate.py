@@ -44,6 +44,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from capskeras import cli
 from capskeras.evaluation import generalization
 from capskeras.evaluation import report
 from capskeras.files import write_text_atomically
@@ -52,34 +53,35 @@ FLAGS = flags.FLAGS
 JSON_FILE = "rotation_sweep.json"
 
 
-def _define(kind, name, default, help_text):
-    """Defines `--name` unless defined already (the trainer shares some names)."""
-    if name not in FLAGS:
-        getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
-
-
-_define("list", "models", [],
-        "Comma-separated model paths: SavedModel version or export directories, or "
-        "model directories holding model.keras.")
-_define("list", "names", [],
-        "Comma-separated display names, one per --models entry; defaults to names "
-        "taken from the paths.")
-_define("integer", "eval_examples", 0, "Evaluate on the first N test examples; 0 for all.")
-_define("integer", "batch_size", 128, "Images per forward pass.")
-_define("list", "angles", [],
-        "Comma-separated rotations in degrees (counter-clockwise), each a number or "
-        "start:stop:step (stop included); empty for 0 to 180 in 5-degree steps.")
-_define("list", "datasets", ["mnist", "rotated_mnist"],
-        f"Comma-separated test sets, any of {','.join(report.DATASETS)}.")
-if "canvas_mismatch" not in FLAGS:
+def define_flags(flag_values):
+    """Defines `capskeras-eval`'s flags on `flag_values`."""
+    common = dict(flag_values=flag_values)
+    flags.DEFINE_list("models", [],
+                      "Comma-separated model paths: SavedModel version or export directories, "
+                      "or model directories holding model.keras.", **common)
+    flags.DEFINE_list("names", [],
+                      "Comma-separated display names, one per --models entry; defaults to "
+                      "names taken from the paths.", **common)
+    flags.DEFINE_integer("eval_examples", 0, "Evaluate on the first N test examples; 0 for all.",
+                         **common)
+    flags.DEFINE_integer("batch_size", 128, "Images per forward pass.", **common)
+    flags.DEFINE_list("angles", [],
+                      "Comma-separated rotations in degrees (counter-clockwise), each a number "
+                      "or start:stop:step (stop included); empty for 0 to 180 in 5-degree "
+                      "steps.", **common)
+    flags.DEFINE_list("datasets", ["mnist", "rotated_mnist"],
+                      f"Comma-separated test sets, any of {','.join(report.DATASETS)}.",
+                      **common)
     flags.DEFINE_enum(
         "canvas_mismatch", "skip", list(report.CANVAS_POLICIES),
         "40x40 affNIST data and a smaller model: skip the cell (default), or centre-crop "
-        "or resize the images to the model's canvas (marked * in the report).")
-_define("string", "output_dir", "runs/evaluation",
-        f"Directory for <model>.json, {report.REPORT_FILE}, its PNG plots and {JSON_FILE}.")
-_define("string", "data_dir", "",
-        "Prepared TFDS directory; empty for $TFDS_DATA_DIR or TFDS's default.")
+        "or resize the images to the model's canvas (marked * in the report).", **common)
+    flags.DEFINE_string("output_dir", "runs/evaluation",
+                        f"Directory for <model>.json, {report.REPORT_FILE}, its PNG plots and "
+                        f"{JSON_FILE}.", **common)
+    flags.DEFINE_string("data_dir", "",
+                        "Prepared TFDS directory; empty for $TFDS_DATA_DIR or TFDS's default.",
+                        **common)
 
 
 def parse_angles(items):
@@ -211,9 +213,9 @@ def main(argv):
     print("Wrote " + ", ".join(written))
 
 
-def run():
+def run(argv=None):
     """Console-script entry point of `capskeras-eval`."""
-    app.run(main)
+    cli.run_command("capskeras-eval", define_flags, main, argv)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import re
 import tensorflow as tf
 
 from capskeras.data import affnist
+from capskeras.data import builders
 from capskeras.data import mnist
 from capskeras.evaluation import generalization
 from capskeras.evaluation import plots
@@ -202,7 +203,7 @@ def evaluate_on_datasets(classifiers, datasets, *, angles=generalization.DEFAULT
             except _Skipped as reason:
                 result = {"skipped": str(reason)}
                 log(f"{classifier.name} on {name}: skipped, {reason}")
-            except mnist.DatasetNotFoundError as error:
+            except builders.DatasetNotFoundError as error:
                 status[name] = {"status": "error", "error": str(error)}
                 result = {"error": str(error)}
                 log(f"{name}: error: {error}")

@@ -13,6 +13,7 @@ select another draw. Exports hold plain convolutions
 
 import dataclasses
 
+from capskeras.data import builders
 from capskeras.data import mnist
 from capskeras.data import rotated_mnist
 from capskeras.layers import group_algebra
@@ -63,8 +64,9 @@ class RotatedMnistTask(Task):
             train_examples=draw[1], test_examples=draw[2])}
 
     def prepared_builder(self, options):
-        return mnist.prepared_builder(self.settings.rotated_dataset, data_dir=options.data_dir,
-                                      download=options.download, **self._builder_kwargs())
+        return builders.prepared_builder(self.settings.rotated_dataset,
+                                         data_dir=options.data_dir, download=options.download,
+                                         **self._builder_kwargs())
 
     def images(self, split, options, shuffle):
         if self.settings.rotated_dataset == UPRIGHT:

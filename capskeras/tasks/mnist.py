@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from capskeras.data import builders
 from capskeras.data import mnist
 from capskeras.settings import MODEL
 from capskeras.settings import at_least
@@ -31,8 +32,8 @@ class MnistTask(Task):
         return (side, side, 1) if side else mnist.IMAGE_SHAPE
 
     def prepared_builder(self, options):
-        return mnist.prepared_builder("mnist", data_dir=options.data_dir,
-                                      download=options.download)
+        return builders.prepared_builder("mnist", data_dir=options.data_dir,
+                                         download=options.download)
 
     def images(self, split, options, shuffle):
         training = split == "train" and shuffle

@@ -36,9 +36,10 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from capskeras import cli
 from capskeras import export
 from capskeras import precision as precisions
-from capskeras.data import mnist
+from capskeras.data.builders import DatasetNotFoundError
 from capskeras.files import WriteError
 from capskeras.files import reported_as_write_error
 from capskeras.files import write_text_atomically
@@ -162,7 +163,7 @@ def preflight(config):
         task.tfds_split("train", _input_options(config, "train"))  # validation_examples fits
         if config.cpu_devices:
             strategies.split_host_cpu(config.cpu_devices)
-    except (ValueError, TypeError, mnist.DatasetNotFoundError) as error:
+    except (ValueError, TypeError, DatasetNotFoundError) as error:
         raise ConfigurationError(str(error)) from error
     return changes
 
@@ -450,18 +451,9 @@ def _fail(error, exit_code):
     sys.exit(exit_code)
 
 
-def _parse_flags(argv):
-    """absl's parsing, with a bad flag value reported as a usage error (exit 2)."""
-    try:
-        return absl_flags.FLAGS(argv)
-    except absl_flags.Error as error:
-        _fail(error, 2)
-
-
-def run():
+def run(argv=None):
     """Console-script entry point of `capskeras-train`."""
-    define_flags(absl_flags.FLAGS)
-    app.run(main, flags_parser=_parse_flags)
+    cli.run_command("capskeras-train", define_flags, main, argv)
 
 
 if __name__ == "__main__":
