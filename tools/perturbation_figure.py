@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 
 from capskeras import tasks  # noqa: E402
 from capskeras.data import mnist  # noqa: E402
+from capskeras.data.builders import DatasetNotFoundError  # noqa: E402
 from capskeras.evaluation import perturbation  # noqa: E402
 from capskeras.evaluation import plots  # noqa: E402
 from capskeras.evaluation.generalization import keras_input_shape  # noqa: E402
@@ -123,7 +124,7 @@ def _draw(argv):
                     for label, capsule in zip(labels, result["class_ids"])],
             title=f"{source}: perturbing each winning-capsule dimension by -0.25 to 0.25",
         )
-    except (ValueError, OSError, mnist.DatasetNotFoundError) as error:
+    except (ValueError, OSError, DatasetNotFoundError) as error:
         print(f"perturbation_figure: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(output)

@@ -3,7 +3,6 @@
 
 from capskeras.data import pipeline
 from capskeras.data import transforms
-from capskeras.data.builders import DatasetNotFoundError  # What load_mnist raises.
 from capskeras.data.builders import prepared_builder
 
 SPLITS = ("train", "test")
