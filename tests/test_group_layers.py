@@ -199,32 +199,3 @@ def test_traces_under_jit_compile():
         return model(images, training=False)
 
     np.testing.assert_allclose(infer(x).numpy(), expected, atol=1e-5)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the fused kernels are TensorFlow's")
-@pytest.mark.parametrize("training", [True, False])
-def test_fused_group_batch_norm_matches_the_plain_one(monkeypatch, training):
-    import tensorflow as tf
-
-    x = tf.constant((RNG.normal(size=(3, 4, 4, 12)) * 2.0 + np.arange(12.0)).astype("float32"))
-    # Scaled outputs, so the gradient reaches x through the statistics.
-    weights = tf.constant(RNG.normal(size=(3, 4, 4, 12)).astype("float32"))
-
-    def run(fused):
-        layer = GroupBatchNormalization("p4", momentum=0.5)
-        layer.build(x.shape)
-        layer.gamma.assign([0.5, 2.0, -1.0])
-        layer.beta.assign([0.1, 0.0, -0.3])
-        layer.moving_variance.assign([2.0, 0.5, 1.5])
-        if not fused:
-            monkeypatch.setattr(layer, "_fused_kernels_apply", lambda inputs: False)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=training)
-            loss = tf.reduce_sum(weights * y)
-        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
-        return [y, *grads, layer.moving_mean, layer.moving_variance]
-
-    for got, want in zip(run(fused=True), run(fused=False)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)

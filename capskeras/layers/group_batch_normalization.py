@@ -125,8 +125,6 @@ class GroupBatchNormalization(keras.layers.Layer):
         # As keras.layers.BatchNormalization: a frozen layer runs in inference mode.
         training = bool(training) and self.trainable
         flat = ops.cast(inputs, "float32")
-        if self._fused_kernels_apply(flat):
-            return ops.cast(self._fused_call(flat, training), self.compute_dtype)
         if training:
             # Reductions over every axis but the last, then over the group
             # copies of each channel on the small [C * G] result: the same
@@ -155,45 +153,6 @@ class GroupBatchNormalization(keras.layers.Layer):
         outputs = (flat * group_algebra.per_group_copy(multiplier, self.group_order)
                    + group_algebra.per_group_copy(offset, self.group_order))
         return ops.cast(outputs, self.compute_dtype)
-
-    def _fused_kernels_apply(self, inputs):
-        """Whether TensorFlow's fused batch-normalization kernels can run this call."""
-        return (keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4
-                and self.epsilon >= FUSED_MIN_EPSILON)
-
-    def _fused_call(self, inputs, training):
-        """The layer on TensorFlow's fused kernels: `[B, H, W, C * G]` float32 in and out.
-
-        Inference is one `FusedBatchNormV3` with the statistics, scale and
-        offset repeated over the group copies. Training takes each map's
-        batch statistics from one fused kernel, pools them over each
-        channel's copies (the variance of the pooled maps is the mean of
-        their variances plus the variance of their means), normalizes with
-        one fused kernel in inference mode, and differentiates through the
-        pooled statistics in closed form (`_fused_group_normalization`).
-        """
-        import tensorflow as tf  # Only on the TensorFlow backend.
-
-        order = self.group_order
-        gamma = (tf.cast(self.gamma, tf.float32) if self.scale
-                 else tf.ones((self.channels,), tf.float32))
-        beta = (tf.cast(self.beta, tf.float32) if self.center
-                else tf.zeros((self.channels,), tf.float32))
-        if not training:
-            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs, scale=group_algebra.per_group_copy(gamma, order),
-                offset=group_algebra.per_group_copy(beta, order),
-                mean=group_algebra.per_group_copy(tf.convert_to_tensor(self.moving_mean), order),
-                variance=group_algebra.per_group_copy(
-                    tf.convert_to_tensor(self.moving_variance), order),
-                epsilon=self.epsilon, is_training=False)
-            return outputs
-        outputs, mean, variance = _fused_group_normalization(
-            inputs, gamma, beta, order, self.epsilon)
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
-        return outputs
 
     def _over_group(self, per_map):
         """Averages `[C * G]` values over each channel's `G` copies: `[C]`."""
@@ -244,71 +203,3 @@ class GroupBatchNormalization(keras.layers.Layer):
             }
         )
         return config
-
-
-# The smallest epsilon TensorFlow's fused batch-normalization kernels take.
-FUSED_MIN_EPSILON = 1.001e-5
-
-
-def _fused_group_normalization(inputs, gamma, beta, order, epsilon):
-    """`(outputs, mean [C], variance [C])` of training-mode group batch normalization.
-
-    TensorFlow only. `inputs` `[B, H, W, C * G]` float32, `gamma`, `beta`
-    `[C]` float32. The backward pass is the batch-normalization gradient
-    with statistics pooled over the `G` copies: with `n` values per channel,
-    `x_hat = (x - mean) r`, `r = (variance + epsilon)^(-1/2)`,
-    `dx = gamma r (dy - sum(dy) / n - x_hat sum(dy x_hat) / n)`, its first
-    term from the fused gradient kernel in inference mode, which also
-    returns the per-map sums `sum(dy)` and `sum(dy x_hat)`.
-    """
-    import tensorflow as tf  # Only on the TensorFlow backend.
-
-    maps = inputs.shape[-1]
-    channels = maps // order
-
-    def over_group(per_map):
-        return tf.reduce_mean(tf.reshape(per_map, (channels, order)), axis=-1)
-
-    def copies(per_channel):
-        return group_algebra.per_group_copy(per_channel, order)
-
-    @tf.custom_gradient
-    def normalize(x, gamma, beta):
-        # Per-map batch statistics from one fused kernel (its output is unused).
-        _, map_mean, map_variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=tf.ones((maps,), tf.float32), offset=tf.zeros((maps,), tf.float32),
-            mean=tf.zeros((0,), tf.float32), variance=tf.zeros((0,), tf.float32),
-            epsilon=epsilon, is_training=True)
-        per_map = tf.cast(tf.size(x) // maps, tf.float32)
-        # The kernel returns the unbiased variance; the layer uses the batch's own.
-        map_variance = map_variance * (per_map - 1.0) / tf.maximum(per_map, 1.0)
-        mean = over_group(map_mean)
-        variance = over_group(map_variance + tf.square(map_mean - copies(mean)))
-        scale, offset = copies(gamma), copies(beta)
-        mean_copies, variance_copies = copies(mean), copies(variance)
-        outputs, _, _, _, _, reserve = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=scale, offset=offset, mean=mean_copies, variance=variance_copies,
-            epsilon=epsilon, is_training=False)
-
-        def grad(d_outputs, d_mean, d_variance):
-            del d_mean, d_variance  # The statistics feed only the moving averages.
-            dx, d_scale, d_offset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=d_outputs, x=x, scale=scale, reserve_space_1=mean_copies,
-                reserve_space_2=variance_copies, reserve_space_3=reserve, epsilon=epsilon,
-                is_training=False)
-            d_gamma = over_group(d_scale) * order
-            d_beta = over_group(d_offset) * order
-            count = per_map * order
-            inverse_std = tf.math.rsqrt(variance + epsilon)
-            # dx += slope * x + intercept, per channel, as one fused affine kernel.
-            slope = -gamma * tf.square(inverse_std) * d_gamma / count
-            intercept = -gamma * inverse_std * d_beta / count - slope * mean
-            correction, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=copies(slope), offset=copies(intercept),
-                mean=tf.zeros((maps,), tf.float32),
-                variance=tf.fill((maps,), 1.0 - epsilon), epsilon=epsilon, is_training=False)
-            return dx + correction, d_gamma, d_beta
-
-        return (outputs, tf.stop_gradient(mean), tf.stop_gradient(variance)), grad
-
-    return normalize(inputs, gamma, beta)
