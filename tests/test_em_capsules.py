@@ -302,3 +302,53 @@ def test_em_capsnet_exports_the_serving_contract(tmp_path):
                                   np.asarray(expected["class_ids"]))
     np.testing.assert_allclose(served["class_activations"].numpy(),
                                np.asarray(expected["class_activations"]), rtol=1e-4, atol=1e-6)
+
+
+def routing_gradients(layer_kind, jit, recompute=False, chunk_size=None):
+    """Outputs and gradients (inputs and weights) of a tiny layer under a recompute setting."""
+    options = {"routing_iterations": 2, "routing_jit_compile": jit,
+               "recompute_routing": recompute, "routing_chunk_size": chunk_size}
+    if layer_kind == "conv":
+        layer, shape = ConvMatrixCapsules(2, 2, **options), (3, 3, 3, 2)
+    else:
+        layer, shape = ClassMatrixCapsules(3, **options), (3, 2, 2, 2)
+    poses, activations = (tf.constant(v) for v in random_capsules(np.random.default_rng(7),
+                                                                  shape))
+    layer.build((poses.shape, activations.shape))
+    layer.set_weights([np.random.default_rng(8 + i).normal(size=w.shape).astype("float32")
+                       for i, w in enumerate(layer.get_weights())])
+
+    @tf.function(autograph=False)
+    def step(poses, activations):
+        with tf.GradientTape() as tape:
+            tape.watch([poses, activations])
+            out_poses, out_activations = layer((poses, activations))
+            # Unequal weights per output entry, so every gradient path counts.
+            loss = (tf.reduce_sum(tf.sin(out_poses)) + tf.reduce_sum(
+                tf.range(1.0, 1.0 + tf.cast(tf.size(out_activations), tf.float32))
+                * tf.reshape(out_activations, [-1])))
+        gradients = tape.gradient(loss, [poses, activations] + layer.trainable_variables)
+        return [out_poses, out_activations] + gradients
+
+    return [np.asarray(value) for value in step(poses, activations)]
+
+
+@pytest.mark.parametrize("layer_kind,jit,chunk_size",
+                         [("conv", False, None), ("conv", True, 2), ("class", False, 1)])
+def test_recomputed_routing_gives_the_same_outputs_and_gradients(layer_kind, jit, chunk_size):
+    expected = routing_gradients(layer_kind, jit)
+    actual = routing_gradients(layer_kind, jit, recompute=True, chunk_size=chunk_size)
+    assert len(actual) == 7
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_recompute_settings_serialize_and_are_checked():
+    layer = ConvMatrixCapsules(2, 2, recompute_routing=True, routing_chunk_size=4)
+    restored = ConvMatrixCapsules.from_config(layer.get_config())
+    assert (restored.recompute_routing, restored.routing_chunk_size) == (True, 4)
+    with pytest.raises(ValueError, match="recompute_routing='yes'"):
+        ClassMatrixCapsules(3, recompute_routing="yes")
+    with pytest.raises(ValueError, match="routing_chunk_size=0"):
+        ConvMatrixCapsules(2, 2, routing_chunk_size=0)

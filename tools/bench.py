@@ -5,7 +5,8 @@
 
 `--benchmarks` names registered benchmarks
 (`capskeras.benchmarking.BENCHMARKS`: `capsnet_conv_stack`,
-`capsnet_routing`, `em_capsnet_small`, `em_capsnet_large`) or trainer experiments (`flags/<name>.cfg`, built and
+`capsnet_routing`, `em_capsnet_small`, `em_capsnet_large`,
+`em_capsnet_large_recompute`) or trainer experiments (`flags/<name>.cfg`, built and
 compiled exactly as the trainer builds them). `--batch_size`,
 `--learning_rate`, `--jit_compile`, `--precision` and `--seed` override an
 experiment's flagfile. `--precision` takes a list of Keras dtype policies

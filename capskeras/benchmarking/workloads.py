@@ -136,9 +136,9 @@ def capsnet_routing(overrides):
     )
 
 
-def _em_capsnet(sizes, description):
+def _em_capsnet(sizes, description, **options):
     def build(overrides):
-        model = em_capsnet.EmCapsNet((32, 32, 1), 5, **sizes)
+        model = em_capsnet.EmCapsNet((32, 32, 1), 5, **sizes, **options)
         model.build((None, 32, 32, 1))
         model.compile(
             optimizer=keras.optimizers.Adam(overrides.resolved("learning_rate", 1e-3)),
@@ -166,6 +166,9 @@ BENCHMARKS = {
         em_capsnet.SMALL, "EM matrix capsules, A=64, B=8, C=D=16, on 32x32 smallNORB-sized crops"),
     "em_capsnet_large": _em_capsnet(
         em_capsnet.LARGE, "EM matrix capsules, the paper's A=B=C=D=32, on 32x32 crops"),
+    "em_capsnet_large_recompute": _em_capsnet(
+        em_capsnet.LARGE, "em_capsnet_large with recompute_routing=True, "
+        "routing_chunk_size=8", recompute_routing=True, routing_chunk_size=8),
 }
 
 

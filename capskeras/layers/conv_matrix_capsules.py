@@ -44,6 +44,15 @@ class ConvMatrixCapsules(em_routing.EmRoutingLayer):
             `CapsuleDense`: where votes and routing run as one XLA cluster.
             `"auto"` compiles inside Keras's `fit`, `evaluate` and
             `predict` steps only, so exports hold plain kernels.
+        recompute_routing: bool. If True, the backward pass routes again
+            instead of keeping the votes and every EM iteration's
+            statistics (`tf.recompute_grad`, TensorFlow only; other
+            backends ignore it): far less memory for a large layer, one more
+            forward routing of time. Defaults to `False`.
+        routing_chunk_size: Positive int or None. With `recompute_routing`,
+            route this many samples at a time, one chunk after another, so
+            the routing's memory is that of one chunk; None routes the whole
+            batch at once. Defaults to `None`.
         **kwargs: Base `Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -78,9 +87,11 @@ class ConvMatrixCapsules(em_routing.EmRoutingLayer):
 
     def __init__(self, capsule_types, kernel_size, strides=1, routing_iterations=3,
                  inverse_temperature=0.01, variance_floor=1e-6,
-                 kernel_initializer=None, routing_jit_compile="auto", **kwargs):
+                 kernel_initializer=None, routing_jit_compile="auto", recompute_routing=False,
+                 routing_chunk_size=None, **kwargs):
         super().__init__(routing_iterations, inverse_temperature, variance_floor,
-                         kernel_initializer, routing_jit_compile, **kwargs)
+                         kernel_initializer, routing_jit_compile, recompute_routing,
+                         routing_chunk_size, **kwargs)
         check_positive_int("capsule_types", capsule_types)
         check_positive_int("kernel_size", kernel_size)
         check_positive_int("strides", strides)

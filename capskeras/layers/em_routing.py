@@ -143,6 +143,78 @@ def em_routing(votes, child_activations, beta_u, beta_a, iterations, normalize,
                             + log_density)
 
 
+def recomputed(routing, chunk_size=None):
+    """`routing` whose backward pass recomputes it instead of keeping its intermediates.
+
+    The routing of a sample depends on that sample alone, so the batch is
+    routed in chunks of `chunk_size` samples (the last one padded with zero
+    samples), one after another (a `tf.while_loop`), each under
+    `tf.recompute_grad`: the forward pass keeps
+    only the chunk's inputs, and the backward pass routes each chunk again
+    and differentiates it. The votes, their squares and every EM iteration's
+    statistics then live for one chunk at a time, in the forward and the
+    backward pass, for the price of one more forward routing. The results
+    and gradients are those of `routing`, up to rounding; chunked results
+    have an unknown static batch size (the caller reshapes them).
+
+    TensorFlow only: on other backends `routing` is returned unchanged.
+
+    Args:
+        routing: `routing(poses, activations, kernel, beta_u, beta_a, *static)`
+            returning `(poses, activations)`, as `conv_routing` and
+            `class_routing`; `static` are Python values.
+        chunk_size: samples per chunk, or None for the whole batch at once.
+
+    Returns:
+        A function with `routing`'s signature and results.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return routing
+    import tensorflow as tf  # Only on the TensorFlow backend.
+
+    def run(poses, activations, kernel, beta_u, beta_a, *static):
+        @tf.recompute_grad
+        def chunk_routing(chunk_poses, chunk_activations, chunk_kernel, chunk_beta_u,
+                          chunk_beta_a):
+            return routing(chunk_poses, chunk_activations, chunk_kernel, chunk_beta_u,
+                           chunk_beta_a, *static)
+
+        weights = (kernel, beta_u, beta_a)
+        if chunk_size is None:
+            return tuple(chunk_routing(poses, activations, *weights))
+        # The batch padded with zero samples to whole chunks, chunk-major:
+        # every chunk has one static shape (one XLA compilation, XLA-safe
+        # slicing), and the padding's results are dropped.
+        batch = tf.shape(poses)[0]
+        chunks = (batch + chunk_size - 1) // chunk_size
+
+        def in_chunks(tensor):
+            padded = tf.pad(tensor, [[0, chunks * chunk_size - batch]]
+                            + [[0, 0]] * (len(tensor.shape) - 1))
+            return tf.reshape(padded, (-1, chunk_size) + tuple(tensor.shape[1:]))
+
+        chunked_poses, chunked_activations = in_chunks(poses), in_chunks(activations)
+
+        def body(index, out_poses, out_activations):
+            chunk_poses, chunk_activations = chunk_routing(
+                chunked_poses[index], chunked_activations[index], *weights)
+            return (index + 1, out_poses.write(index, chunk_poses),
+                    out_activations.write(index, chunk_activations))
+
+        outputs = (tf.TensorArray(tf.float32, size=chunks), tf.TensorArray(tf.float32, size=chunks))
+        _, out_poses, out_activations = tf.while_loop(
+            lambda index, *_: index < chunks, body, (tf.constant(0), *outputs),
+            parallel_iterations=1, maximum_iterations=chunks)
+
+        def unchunked(array):
+            stacked = array.stack()
+            return tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0))[:batch]
+
+        return unchunked(out_poses), unchunked(out_activations)
+
+    return run
+
+
 def scale_poses(poses):
     """`(poses / scale, scale)`: each sample's poses divided by its largest entry, if above 1.
 
@@ -334,8 +406,16 @@ class EmRoutingLayer(keras.layers.Layer):
     """
 
     def __init__(self, routing_iterations=3, inverse_temperature=0.01, variance_floor=1e-6,
-                 kernel_initializer=None, routing_jit_compile="auto", **kwargs):
+                 kernel_initializer=None, routing_jit_compile="auto", recompute_routing=False,
+                 routing_chunk_size=None, **kwargs):
         super().__init__(**kwargs)
+        if not isinstance(recompute_routing, bool):
+            raise ValueError(
+                f"Received: recompute_routing={recompute_routing!r}; expected True or False")
+        if routing_chunk_size is not None:
+            check_positive_int("routing_chunk_size", routing_chunk_size)
+        self.recompute_routing = recompute_routing
+        self.routing_chunk_size = routing_chunk_size
         check_positive_int("routing_iterations", routing_iterations)
         check_positive_float("inverse_temperature", inverse_temperature)
         check_positive_float("variance_floor", variance_floor)
@@ -360,10 +440,17 @@ class EmRoutingLayer(keras.layers.Layer):
         """`plain` or `compiled`(poses, activations, weights, *geometry, routing settings)."""
         poses, activations = inputs
         routing = compiled if xla.compiles_now(self.routing_jit_compile) else plain
+        if self.recompute_routing:
+            routing = recomputed(routing, self.routing_chunk_size)
         out_poses, out_activations = routing(
             ops.cast(poses, "float32"), ops.cast(activations, "float32"),
             self.kernel.value, self.beta_u.value, self.beta_a.value, *geometry,
             self.routing_iterations, self.inverse_temperature, self.variance_floor)
+        poses_shape, activations_shape = self.compute_output_shape(
+            (tuple(poses.shape), tuple(activations.shape)))
+        # Chunked routing leaves the batch size unknown to the trace.
+        out_poses = ops.reshape(out_poses, (-1,) + tuple(poses_shape[1:]))
+        out_activations = ops.reshape(out_activations, (-1,) + tuple(activations_shape[1:]))
         return (cast_finite(out_poses, self.compute_dtype),
                 ops.cast(out_activations, self.compute_dtype))
 
@@ -375,6 +462,8 @@ class EmRoutingLayer(keras.layers.Layer):
             "variance_floor": self.variance_floor,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "routing_jit_compile": self.routing_jit_compile,
+            "recompute_routing": self.recompute_routing,
+            "routing_chunk_size": self.routing_chunk_size,
         })
         return config
 

@@ -18,6 +18,7 @@ SMALL = {"conv_channels": 64, "primary_types": 8, "conv1_types": 16, "conv2_type
 def matrix_capsule_encoder(image_shape, num_classes, conv_channels, primary_types,
                            conv1_types, conv2_types, routing_iterations=3,
                            inverse_temperature=0.01, routing_jit_compile="auto",
+                           recompute_routing=False, routing_chunk_size=None,
                            name="matrix_capsule_encoder"):
     """Images -> `(class poses [B, K, 4, 4], class activations [B, K])`.
 
@@ -33,7 +34,9 @@ def matrix_capsule_encoder(image_shape, num_classes, conv_channels, primary_type
     capsules = PrimaryMatrixCapsules(primary_types, name="primary_capsules")(features)
     routing = {"routing_iterations": routing_iterations,
                "inverse_temperature": inverse_temperature,
-               "routing_jit_compile": routing_jit_compile}
+               "routing_jit_compile": routing_jit_compile,
+               "recompute_routing": recompute_routing,
+               "routing_chunk_size": routing_chunk_size}
     capsules = ConvMatrixCapsules(conv1_types, 3, strides=2, name="conv_capsules_1",
                                   **routing)(capsules)
     capsules = ConvMatrixCapsules(conv2_types, 3, strides=1, name="conv_capsules_2",
@@ -62,6 +65,10 @@ class EmCapsNet(keras.Model):
         margin_steps: int >= 1, training steps over which the margin grows.
         routing_jit_compile: `"auto"`, `True` or `False`, for every capsule
             layer (see `ConvMatrixCapsules`).
+        recompute_routing, routing_chunk_size: for every capsule layer (see
+            `ConvMatrixCapsules`): route again in the backward pass, in
+            chunks of this many samples, instead of keeping the routing's
+            intermediates.
 
     Call arguments:
         inputs: images `[B, H, W, C]`.
@@ -84,7 +91,7 @@ class EmCapsNet(keras.Model):
     def __init__(self, image_shape=(32, 32, 1), num_classes=5, conv_channels=64,
                  primary_types=8, conv1_types=16, conv2_types=16, routing_iterations=3,
                  inverse_temperature=0.01, margin_steps=10000, routing_jit_compile="auto",
-                 **kwargs):
+                 recompute_routing=False, routing_chunk_size=None, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(dim) for dim in image_shape)
         self.num_classes = int(num_classes)
@@ -94,10 +101,13 @@ class EmCapsNet(keras.Model):
         self.inverse_temperature = float(inverse_temperature)
         self.margin_schedule = losses.SpreadMarginSchedule(steps=int(margin_steps))
         self.routing_jit_compile = routing_jit_compile
+        self.recompute_routing = recompute_routing
+        self.routing_chunk_size = routing_chunk_size
         self.encoder = matrix_capsule_encoder(
             self.image_shape, self.num_classes, routing_iterations=self.routing_iterations,
             inverse_temperature=self.inverse_temperature,
-            routing_jit_compile=routing_jit_compile, **self.sizes)
+            routing_jit_compile=routing_jit_compile, recompute_routing=recompute_routing,
+            routing_chunk_size=routing_chunk_size, **self.sizes)
         # Every replica computes the same value; the first one's is kept.
         self.margin = self.add_weight(
             name="spread_margin", shape=(), trainable=False,
@@ -157,5 +167,7 @@ class EmCapsNet(keras.Model):
             "inverse_temperature": self.inverse_temperature,
             "margin_steps": self.margin_schedule.steps,
             "routing_jit_compile": self.routing_jit_compile,
+            "recompute_routing": self.recompute_routing,
+            "routing_chunk_size": self.routing_chunk_size,
         })
         return config
