@@ -4,8 +4,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +17,6 @@ from capskeras.training.train import ConfigurationError
 from capskeras.training.train import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_CLI = str(pathlib.Path(sys.executable).parent / "capskeras-train")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,16 +83,6 @@ def test_requests_that_cannot_be_evaluated_are_refused_before_any_write(tmp_path
         _config(tmp_path, data_dir, eval_each_epoch="mnist,rotated_mnist").validate()
 
 
-def test_cli_refuses_an_unknown_test_set_with_exit_code_2(tmp_path):
-    finished = subprocess.run(
-        [TRAIN_CLI, "--model=lenet5", "--eval_each_epoch=mnist_shifted,svhn",
-         f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
-    assert finished.returncode == 2, finished.stderr[-2000:]
-    assert "eval_each_epoch='mnist_shifted,svhn'" in finished.stderr
-    assert "'affnist_regen'" in finished.stderr
-    assert not (tmp_path / "run").exists()
-
-
 def test_model_without_classes_is_read_through_an_svm(tmp_path, data_dir):
     pytest.importorskip("sklearn")
     train(_config(tmp_path, data_dir, model="sparsecaps", pad_to=0, epochs=1, train_examples=128,
@@ -140,9 +127,9 @@ def test_curve_tool_draws_each_run_and_the_published_points(tmp_path):
         {"epoch": 1, "mnist_shifted": 0.98, "affnist_regen": 0.55},
         {"epoch": 2, "mnist_shifted": 0.991, "affnist_regen": 0.62}]
     published = sorted(drawn["published"]["points"].values(), key=lambda p: p["affnist"])
-    assert published == [{"mnist_shifted": 0.9922, "affnist": 0.66},
-                         {"mnist_shifted": 0.9923, "affnist": 0.79}]
-    assert list(drawn["published"]["affnist_levels"].values()) == [0.90]
+    assert published == [{"mnist_shifted": pytest.approx(0.9922), "affnist": pytest.approx(0.66)},
+                         {"mnist_shifted": pytest.approx(0.9923), "affnist": pytest.approx(0.79)}]
+    assert list(drawn["published"]["affnist_levels"].values()) == [pytest.approx(0.90)]
 
     with pytest.raises(ValueError,
                        match=r"without 'mnist_shifted_accuracy' and 'affnist_accuracy'"):

@@ -578,6 +578,9 @@ def test_a_setting_of_another_task_is_refused():
         (["--encoder=capsules9000"], "encoder='capsules9000'; expected one of"),
         (["--distribution_strategy=parameter_server"], "distribution_strategy"),
         (["--ksparse_k=a,b,c"], "ksparse_k=a,b,c; expected comma-separated ints"),
+        (["--eval_each_epoch=mnist_shifted,svhn"], "eval_each_epoch='mnist_shifted,svhn'; "
+         "expected comma-separated test set names from ['mnist', 'mnist_shifted', 'affnist', "
+         "'affnist_regen']"),
         (["--data_dir={empty}", "--nodownload"], "Dataset 'mnist' is not prepared in"),
         (["--model_dir=/proc/capskeras/run"], "model_dir='/proc/capskeras/run'"),
         (["--export_dir=/proc/capskeras/export"], "export_dir='/proc/capskeras/export'"),
