@@ -18,7 +18,7 @@ PNG and, beside it, the JSON it was drawn from (`<output stem>.json`).
 
 The published y figures are on the real affNIST; `affnist_regen` is a
 regenerated stand-in (MNIST test digits under affNIST-range warps), and the
-figure's axis label says which one was drawn.
+figure's title says so when it is drawn.
 """
 
 import json
@@ -146,13 +146,14 @@ def draw(run_dirs, output, names=(), x_dataset="mnist_shifted", y_dataset=""):
             {"epoch": epoch, x_dataset: x, y_dataset: y} for x, y, epoch in curves[name]]})
     points, levels = published_figures()
     regenerated = y_dataset.startswith("affnist_regen")
-    y_label = f"{y_dataset} test accuracy (%)" + (
-        " (REGENERATED; published: real affNIST)" if regenerated else "")
+    title = "affNIST protocol: generalization against shifted-MNIST accuracy, per epoch"
+    if regenerated:
+        title += f"\n(y: {y_dataset}, REGENERATED; the published points are on the real affNIST)"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     plots.save_accuracy_curve(
         curves, output, published=points, published_levels=levels,
-        x_label=f"{x_dataset} test accuracy (%)", y_label=y_label,
-        title="affNIST protocol: generalization against shifted-MNIST accuracy, per epoch")
+        x_label=f"{x_dataset} test accuracy (%)", y_label=f"{y_dataset} test accuracy (%)",
+        title=title)
     json_path = os.path.splitext(output)[0] + ".json"
     payload = {"x": x_dataset, "y": y_dataset, "y_regenerated": regenerated, "models": models,
                "published": {"points": {label: {"mnist_shifted": x, "affnist": y}
