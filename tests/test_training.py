@@ -115,6 +115,9 @@ SMALL_DATA = {
 }
 # One EM iteration: the same layers, task and trainer, a fraction of the compilation.
 SMALL_DATA["em_capsnet_mnist"] = ["--em_iterations=1"]
+# Per-epoch test sets: the shifted MNIST digits only (affnist_regen is not prepared here;
+# tests/test_epoch_eval.py evaluates it), a few of them.
+SMALL_DATA["capsnet_affnist"] = ["--eval_each_epoch=mnist_shifted", "--eval_each_epoch_examples=64"]
 
 
 # One flagfile of each family and each kind of stage trains end to end; the
@@ -162,7 +165,10 @@ def test_flagfile_trains_writes_metrics_and_exports(name, tmp_path):
     if study and settings.encoder in ("ksparse", "predcaps"):
         assert metrics["pretrain"]["epochs"] == settings.pretrain_epochs
         assert (run / "pretrain" / "checkpoints" / "checkpoint").exists()
-    assert json.loads((run / "checkpoints" / "history.json").read_text())[0]["epoch"] == 1
+    history = json.loads((run / "checkpoints" / "history.json").read_text())
+    assert history[0]["epoch"] == 1
+    if config.eval_each_epoch:
+        assert 0.0 <= history[0]["mnist_shifted_accuracy"] <= 1.0
     assert list((run / "logs").rglob("events.out.tfevents.*"))
     # The resolved flags reproduce the run's configuration.
     assert config_from_flagfile(run / "flags.cfg") == config
@@ -574,6 +580,9 @@ def test_a_setting_of_another_task_is_refused():
         (["--encoder=capsules9000"], "encoder='capsules9000'; expected one of"),
         (["--distribution_strategy=parameter_server"], "distribution_strategy"),
         (["--ksparse_k=a,b,c"], "ksparse_k=a,b,c; expected comma-separated ints"),
+        (["--eval_each_epoch=mnist_shifted,svhn"], "eval_each_epoch='mnist_shifted,svhn'; "
+         "expected comma-separated test set names from ['mnist', 'mnist_shifted', 'affnist', "
+         "'affnist_regen']"),
         (["--data_dir={empty}", "--nodownload"], "Dataset 'mnist' is not prepared in"),
         (["--model_dir=/proc/capskeras/run"], "model_dir='/proc/capskeras/run'"),
         (["--export_dir=/proc/capskeras/export"], "export_dir='/proc/capskeras/export'"),

@@ -79,8 +79,6 @@ def fit_code_svm(train_codes, train_labels, test_codes, test_labels, c=C, gamma=
             lengths.
     """
     check_request(c, gamma)
-    from sklearn.svm import SVC
-
     train_codes, test_codes = (np.asarray(codes, "float64").reshape(len(codes), -1)
                                for codes in (train_codes, test_codes))
     train_labels, test_labels = (np.asarray(labels).reshape(-1)
@@ -91,9 +89,7 @@ def fit_code_svm(train_codes, train_labels, test_codes, test_labels, c=C, gamma=
             raise ValueError(f"Received: {len(codes)} {split} codes and {len(labels)} labels; "
                              "expected one label per code")
     started = time.perf_counter()
-    # A 1 GB kernel cache: libsvm's default 200 MB recomputes most of the kernel on MNIST.
-    classifier = SVC(C=float(c), kernel="rbf", gamma=float(gamma), cache_size=1000)
-    classifier.fit(train_codes, train_labels)
+    classifier = fit_svm(train_codes, train_labels, c, gamma)
     fit_seconds = time.perf_counter() - started
     return {
         "classifier": classifier,
@@ -104,6 +100,28 @@ def fit_code_svm(train_codes, train_labels, test_codes, test_labels, c=C, gamma=
         "c": float(c),
         "gamma": float(gamma),
     }
+
+
+def fit_svm(codes, labels, c=C, gamma=GAMMA):
+    """An RBF `sklearn.svm.SVC` fitted on `codes` (`[N, ...]`, flattened) and `labels`.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+        ValueError: a bad `c` or `gamma`, or codes and labels of different
+            lengths.
+    """
+    check_request(c, gamma)
+    from sklearn.svm import SVC
+
+    codes = np.asarray(codes, "float64")
+    codes = codes.reshape(len(codes), -1)
+    labels = np.asarray(labels).reshape(-1)
+    if len(codes) != len(labels):
+        raise ValueError(f"Received: {len(codes)} codes and {len(labels)} labels; "
+                         "expected one label per code")
+    # A 1 GB kernel cache: libsvm's default 200 MB recomputes most of the kernel on MNIST.
+    classifier = SVC(C=float(c), kernel="rbf", gamma=float(gamma), cache_size=1000)
+    return classifier.fit(codes, labels)
 
 
 class CodeSvm:

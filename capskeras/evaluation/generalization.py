@@ -31,6 +31,7 @@ import capskeras.models  # noqa: F401  Registers the classes `model.keras` files
 from capskeras.checks import check_positive_int
 from capskeras.data import mnist
 from capskeras.data import transforms
+from capskeras.evaluation import code_svm
 from capskeras.models.contract import check_servable
 
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -40,6 +41,11 @@ INPUT_NAME = "images"
 # Accuracy every 5 degrees from upright to upside down; 35 degrees is in it.
 DEFAULT_ANGLES = tuple(sorted(set(float(angle) for angle in range(0, 181, 5)) | {35.0}))
 DEFAULT_BATCH_SIZE = 128
+# The shifted MNIST test set (`shifted_mnist_test_set`): the affNIST protocol's
+# largest shift, and a seed fixed once, so that every model and every epoch
+# sees the same images.
+DEFAULT_SHIFT_PIXELS = 6
+SHIFT_SEED = 0
 ACCEPTED_PATHS = (
     "a SavedModel version directory (containing saved_model.pb), an export "
     "directory with integer version subdirectories holding one, or a model "
@@ -173,35 +179,113 @@ def _load_saved_model(version_dir, name):
 
 def _load_keras_model(model_file, model_path, name):
     model = keras.saving.load_model(model_file, safe_mode=True)
+    if name is None:
+        name = (_model_name(model_path) if os.path.isdir(model_path)
+                else os.path.splitext(os.path.basename(model_file))[0])
+    return classifier_from_model(model, name, path=model_path)
+
+
+def classifier_from_model(model, name, path=""):
+    """A `Classifier` of a live Keras model that serves `class_ids`.
+
+    The trainer uses it to evaluate the model it is training after every
+    epoch; `load_classifier` uses it for a loaded `model.keras`. The
+    classifier calls the model itself, so later weight updates show.
+
+    Args:
+        model: a built Keras model following the model contract
+            (`capskeras.models.contract`).
+        name: display name, for tables and legends.
+        path: where the model was loaded from, for messages and reports;
+            empty for a model in memory.
+
+    Returns:
+        A `Classifier` of format `"keras"`.
+
+    Raises:
+        ValueError: the model breaks the contract, or serves no `class_ids`
+            (an unsupervised model: see `svm_classifier_from_model`).
+    """
+    path = os.fspath(path) if path else name
     try:
         check_servable(model)
     except TypeError as error:
-        raise ValueError(f"Received: model path {model_path!r}; {error}") from None
-    image_shape = _image_shape(keras_input_shape(model, model_path), model_path)
+        raise ValueError(f"Received: model path {path!r}; {error}") from None
+    image_shape = _image_shape(keras_input_shape(model, path), path)
     # `predict` compiles the serving outputs into one graph per batch shape.
-    predictor = _ClassIds(model, name="class_ids")
+    predictor = _ServingOutput(model, "class_ids", name="class_ids")
 
     def predict_batch(images):
         return predictor.predict_on_batch(images)
 
-    if os.path.isdir(model_path):
-        default_name = _model_name(model_path)
-    else:
-        default_name = os.path.splitext(os.path.basename(model_file))[0]
-    classifier = Classifier(name or default_name, model_path, "keras", image_shape, predict_batch)
+    classifier = Classifier(name, path, "keras", image_shape, predict_batch)
     _check_serves_classes(classifier, lambda: model.serving_outputs(_blank(image_shape)))
     return classifier
 
 
-class _ClassIds(keras.Model):
-    """A model's `class_ids` serving output as a model, for `predict`."""
+def serves_classes(model):
+    """Whether the contract-following `model` serves `class_ids` (a classifier)."""
+    shape = _image_shape(keras_input_shape(model), getattr(model, "name", "model"))
+    return "class_ids" in model.serving_outputs(_blank(shape))
 
-    def __init__(self, model, **kwargs):
+
+def svm_classifier_from_model(model, name, images, labels, c=code_svm.C, gamma=code_svm.GAMMA,
+                              batch_size=DEFAULT_BATCH_SIZE):
+    """A `Classifier` reading a live model's code with an RBF SVM fitted on `images`.
+
+    The read-out of models without class outputs (Sparse Unsupervised
+    Capsules): the model's serving `encoding` of `images` trains an RBF SVM
+    (`capskeras.evaluation.code_svm`, needs scikit-learn), which then
+    classifies the codes of the images given to the classifier. The SVM is
+    fitted once, here, on the model's current weights.
+
+    Args:
+        model: a built Keras model following the model contract.
+        name: display name.
+        images: `[N, H, W, C]` float images in [0, 1] the SVM is fitted on.
+        labels: `[N]` int labels.
+        c, gamma: the SVM's `C` and RBF `gamma` (the paper's by default).
+        batch_size: images per forward pass when encoding.
+
+    Returns:
+        A `Classifier` of format `"keras+svm"`.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+        ValueError: the model breaks the contract, or images and labels
+            differ in number.
+    """
+    try:
+        check_servable(model)
+    except TypeError as error:
+        raise ValueError(f"Received: model {name!r}; {error}") from None
+    image_shape = _image_shape(keras_input_shape(model, name), name)
+    encoder = _ServingOutput(model, "encoding", name="encoding")
+
+    def encode(batch):
+        batch = np.asarray(batch, "float32")
+        codes = [np.asarray(encoder.predict_on_batch(batch[start:start + batch_size]))
+                 for start in range(0, len(batch), batch_size)]
+        return np.concatenate(codes).reshape(len(batch), -1)
+
+    svm = code_svm.fit_svm(encode(images), labels, c=c, gamma=gamma)
+
+    def predict_batch(batch):
+        return svm.predict(encode(batch))
+
+    return Classifier(name, name, "keras+svm", image_shape, predict_batch)
+
+
+class _ServingOutput(keras.Model):
+    """One of a model's serving outputs as a model, for `predict_on_batch`."""
+
+    def __init__(self, model, output, **kwargs):
         super().__init__(**kwargs)
         self.wrapped = model
+        self.output_key = output
 
     def call(self, images):
-        return self.wrapped.serving_outputs(images)["class_ids"]
+        return self.wrapped.serving_outputs(images)[self.output_key]
 
 
 def keras_input_shape(model, model_path=""):
@@ -286,6 +370,65 @@ def mnist_test_set(classifier=None, num_examples=None, batch_size=DEFAULT_BATCH_
         "test", batch_size=batch_size, data_dir=data_dir or None, download=download,
         num_examples=num_examples or None, pad_to=pad_to,
     )
+
+
+def shifted(dataset, max_pixels, batch_size=DEFAULT_BATCH_SIZE, seed=SHIFT_SEED):
+    """`dataset`'s `(images, labels)`, each image shifted at random by up to `max_pixels`.
+
+    The shift is the training protocol's (`capskeras.data.transforms.
+    random_translate`: uniform over the integers in `[-max_pixels,
+    max_pixels]` for rows and columns, zero fill), drawn for the i-th image
+    from `(seed, i)` alone: every pass over the result, and every rebuild of
+    it, shows the same images, whatever the global seed.
+
+    Args:
+        dataset: a `tf.data.Dataset` of `(images, labels)` batches.
+        max_pixels: int >= 0; 0 returns `dataset` itself.
+        batch_size: the batch size of the result.
+        seed: int, picks the shifts.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)` batches of `batch_size`.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
+        raise ValueError(f"Received: max_pixels={max_pixels!r}; expected an int >= 0")
+    check_positive_int("batch_size", batch_size)
+    if not max_pixels:
+        return dataset
+
+    def shift(index, example):
+        image, label = example
+        return transforms.random_translate(image, max_pixels, seed=[seed, index]), label
+
+    return dataset.unbatch().enumerate().map(shift).batch(batch_size)
+
+
+def shifted_mnist_test_set(classifier=None, max_pixels=DEFAULT_SHIFT_PIXELS, num_examples=None,
+                           batch_size=DEFAULT_BATCH_SIZE, data_dir=None, download=True,
+                           seed=SHIFT_SEED):
+    """The expanded MNIST test set of the affNIST protocol: test digits shifted at random.
+
+    Sabour et al. (2017) report CapsNet's 99.23% on "the expanded MNIST
+    test set": the test digits placed at random on the 40x40 training
+    canvas. Here: `mnist_test_set` (padded to the classifier's canvas),
+    each digit shifted by up to `max_pixels` (see `shifted`), the same
+    images on every call.
+
+    Args:
+        classifier: a `Classifier`, whose canvas the digits are padded to;
+            `None` keeps them 28x28.
+        max_pixels: the largest shift, int >= 0 (6 in the affNIST protocol).
+        num_examples: the first N test examples; `None` or 0 for all 10,000.
+        batch_size: int >= 1.
+        data_dir: a prepared TFDS directory; defaults to `$TFDS_DATA_DIR`.
+        download: let TFDS download MNIST when it is missing.
+        seed: int, picks the shifts.
+
+    Returns:
+        A `tf.data.Dataset` of float32 `[B, H, W, 1]` images and int32 labels.
+    """
+    upright = mnist_test_set(classifier, num_examples, batch_size, data_dir, download)
+    return shifted(upright, max_pixels, batch_size, seed)
 
 
 def accuracy(classifier, dataset, batch_size=DEFAULT_BATCH_SIZE):

@@ -164,6 +164,60 @@ def save_accuracy_bars(accuracies, path, anchors=None, title=None):
     return _save_accuracy_axes(figure, axis, path, title)
 
 
+def save_accuracy_curve(curves, path, published=None, published_levels=None, x_label=None,
+                        y_label=None, title=None):
+    """Saves one accuracy against another, one line per model, a marker per epoch.
+
+    Args:
+        curves: `{model name: [(x accuracy, y accuracy, epoch), ...]}`,
+            accuracies in [0, 1], in epoch order.
+        path: the PNG file to write.
+        published: optional `{label: (x accuracy, y accuracy)}`, published
+            points drawn as open diamonds with their labels.
+        published_levels: optional `{label: y accuracy}`, published figures
+            with no x, drawn as dashed horizontal lines.
+        x_label, y_label: the axes' labels.
+        title: optional figure title.
+
+    Returns:
+        `path`.
+    """
+    if not any(curves.values()):
+        raise ValueError("Received: no points in curves; expected at least one model's epochs")
+    figure, axis = plt.subplots(figsize=(7.0, 5.0))
+    xs, ys = [], []
+    for name, points in curves.items():
+        if not points:
+            continue
+        x, y, epochs = (list(values) for values in zip(*points))
+        xs.extend(x)
+        ys.extend(y)
+        (line,) = axis.plot([100 * v for v in x], [100 * v for v in y], marker="o",
+                            markersize=3, linewidth=1.2, label=name)
+        for index in {0, len(epochs) - 1}:
+            axis.annotate(f"{epochs[index]}", xy=(100 * x[index], 100 * y[index]), fontsize=7,
+                          xytext=(3, 3), textcoords="offset points", color=line.get_color())
+    for label, (x, y) in (published or {}).items():
+        axis.plot([100 * x], [100 * y], marker="D", markersize=7, linestyle="none",
+                  markerfacecolor="none", label=f"published: {label}")
+        xs.append(x)
+        ys.append(y)
+    for label, y in (published_levels or {}).items():
+        axis.axhline(100 * y, color="gray", linestyle="--", linewidth=1)
+        axis.annotate(f"published: {label}", xy=(0.0, 100 * y), xycoords=("axes fraction", "data"),
+                      xytext=(3, 3), textcoords="offset points", color="gray", fontsize=7)
+        ys.append(y)
+    low, high = 100 * min(xs), 100 * max(xs)
+    margin = max(0.05 * (high - low), 0.1)
+    axis.set_xlim(low - margin, min(100.0, high + margin) + 0.05)
+    axis.set_ylim(max(0.0, 100 * min(ys) - 5), min(100.0, 100 * max(ys) + 5))
+    axis.set_xlabel(x_label or "x accuracy (%)")
+    axis.set_ylabel(y_label or "y accuracy (%)")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    return _save_accuracy_axes(figure, axis, path, title)
+
+
 def _save_accuracy_axes(figure, axis, path, title):
     """Titles, saves and closes an accuracy figure; returns `path`."""
     if title:

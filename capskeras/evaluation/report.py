@@ -7,6 +7,11 @@ Datasets (`DATASETS`):
 
 - `mnist`: the MNIST test split, padded centrally to the model's canvas
   when it is larger than 28x28 (the affNIST training protocol).
+- `mnist_shifted`: the expanded MNIST test set of the affNIST protocol:
+  the same digits on the model's canvas, each shifted at random by up to 6
+  pixels (`mnist_shifted/<N>`: up to N), the shifts fixed by a seed so
+  every model and every call sees the same images
+  (`generalization.shifted_mnist_test_set`).
 - `affnist`: the real affNIST test split (320,000 40x40 images); see
   `capskeras.data.affnist`.
 - `affnist_regen`: the REGENERATED affNIST-style test set (MNIST test
@@ -42,7 +47,9 @@ from capskeras.evaluation import generalization
 from capskeras.evaluation import plots
 from capskeras.files import write_text_atomically
 
-DATASETS = ("mnist", "affnist", "affnist_regen", "rotated_mnist")
+DATASETS = ("mnist", "mnist_shifted", "affnist", "affnist_regen", "rotated_mnist")
+# Datasets that take a `/<suffix>`: a config of the regenerated set, or the largest shift.
+SUFFIXED = ("affnist_regen", "mnist_shifted")
 CANVAS_POLICIES = ("skip", "crop", "resize")
 REPORT_FILE = "report.md"
 ACCURACY_PNG = "accuracy.png"
@@ -63,10 +70,15 @@ class Anchor:
     angle: float = None
 
 
+_TRANSLATED = "trained on translated MNIST (40x40, shifts <= 6 px)"
 ANCHORS = (
-    Anchor("plain CNN, trained on translated MNIST (40x40, shifts <= 6 px)", "affnist", 66.0,
+    Anchor(f"plain CNN, {_TRANSLATED}", "mnist_shifted", 99.22,
+           "Sabour, Frosst and Hinton 2017, section 5.2 (expanded MNIST test set)"),
+    Anchor(f"CapsNet, {_TRANSLATED}", "mnist_shifted", 99.23,
+           "Sabour, Frosst and Hinton 2017, section 5.2 (expanded MNIST test set)"),
+    Anchor(f"plain CNN, {_TRANSLATED}", "affnist", 66.0,
            "Sabour, Frosst and Hinton 2017, section 5.2"),
-    Anchor("CapsNet, trained on translated MNIST (40x40, shifts <= 6 px)", "affnist", 79.0,
+    Anchor(f"CapsNet, {_TRANSLATED}", "affnist", 79.0,
            "Sabour, Frosst and Hinton 2017, section 5.2"),
     Anchor("Sparse Unsupervised Capsules, trained on MNIST only, SVM on the code", "affnist",
            90.0, "Rawlinson, Ahmed and Kowadlo 2018"),
@@ -81,17 +93,33 @@ def check_datasets(names):
     """`names` as a tuple of distinct `DATASETS` entries, in the given order.
 
     `affnist_regen/<config>` names a prepared config of the regenerated set
-    (e.g. `affnist_regen/small`).
+    (e.g. `affnist_regen/small`); `mnist_shifted/<N>` shifts by up to N
+    pixels (an int >= 0) instead of 6.
     """
     names = [str(name).strip() for name in names if str(name).strip()]
-    unknown = [name for name in names if _base(name) not in DATASETS
-               or ("/" in name and _base(name) != "affnist_regen")]
+    unknown = [name for name in names if not _known(name)]
     if unknown or not names:
         raise ValueError(
             f"Received: datasets={names}; expected one or more of {list(DATASETS)} "
-            "(affnist_regen/<config> for a config of the regenerated set)"
+            "(affnist_regen/<config> for a config of the regenerated set, mnist_shifted/<N> "
+            "for shifts of up to N pixels)"
         )
     return tuple(dict.fromkeys(names))
+
+
+def _known(name):
+    base, _, suffix = name.partition("/")
+    if base not in DATASETS or ("/" in name and base not in SUFFIXED):
+        return False
+    if base == "mnist_shifted" and "/" in name:
+        return suffix.isdigit()
+    return "/" not in name or bool(suffix)
+
+
+def shift_pixels(name):
+    """The largest shift of `mnist_shifted` (6) or `mnist_shifted/<N>` (N)."""
+    _, _, suffix = name.partition("/")
+    return int(suffix) if suffix else generalization.DEFAULT_SHIFT_PIXELS
 
 
 def _base(name):
@@ -177,7 +205,15 @@ def evaluate_on_datasets(classifiers, datasets, *, angles=generalization.DEFAULT
                 entry["results"][name] = {"error": status[name]["error"]}
                 continue
             try:
-                if _base(name) in ("mnist", "rotated_mnist"):
+                if _base(name) == "mnist_shifted":
+                    result = {"accuracy": generalization.accuracy(
+                        classifier, generalization.shifted_mnist_test_set(
+                            classifier, shift_pixels(name), eval_examples or None, batch_size,
+                            data_dir), batch_size=batch_size)}
+                    side = classifier.image_shape[0]
+                    fitted = (f"padded to {side}x{side}, " if side != mnist.IMAGE_SHAPE[0]
+                              else "") + f"shifted by up to {shift_pixels(name)} px"
+                elif _base(name) in ("mnist", "rotated_mnist"):
                     if upright is None:
                         upright = generalization.mnist_test_set(
                             classifier, eval_examples or None, batch_size, data_dir)
@@ -247,7 +283,8 @@ def table_columns(results):
 
 def _cell(result, angle):
     if "accuracy" in result:
-        mark = "" if result.get("input", "as is") == "as is" or "padded" in result["input"] else "*"
+        fitted = result.get("input", "as is")
+        mark = "*" if "cropped" in fitted or "resized" in fitted else ""
         return f"{100 * result['accuracy']:.2f}{mark}"
     if "accuracy_by_angle" in result:
         value = result["accuracy_by_angle"].get(_angle_key(angle))
@@ -353,6 +390,9 @@ def format_report(results, figures=()):
         "",
         "- `affnist_regen` (and its configs) is REGENERATED (MNIST test digits under seeded affNIST-range "
         "warps), not Tieleman's affNIST; published affNIST figures compare with `affnist`.",
+        "- `mnist_shifted`: MNIST test digits on the model's canvas, each shifted at random "
+        "(seeded, the same images for every model) by up to 6 pixels, or N for "
+        "`mnist_shifted/N`: the expanded test set of the affNIST protocol.",
         "- `rotated` columns: MNIST test digits rotated counter-clockwise about the centre "
         "of the model's canvas (bilinear, zero fill).",
         f"- Canvas mismatch policy: `{settings['canvas_mismatch']}`. `n/a`: a 28x28 model is "

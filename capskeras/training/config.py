@@ -18,6 +18,7 @@ from capskeras.settings import MODEL
 from capskeras.settings import Settings
 from capskeras.settings import at_least
 from capskeras.settings import setting
+from capskeras.training import epoch_eval
 from capskeras.training.strategy import STRATEGIES
 
 # Keras dtype policies, and "auto": `capskeras.precision.auto_precision` picks one per machine.
@@ -47,6 +48,19 @@ class TrainConfig(Settings):
     eval_examples: int = setting(
         0, "Evaluate on the first N test (and validation) examples; 0 for all.",
         check=at_least(0), resume=FREE)
+    eval_each_epoch: str = setting(
+        "", "After every epoch, the model's accuracy on these test sets, as <dataset>_accuracy "
+        "in history.json: comma-separated, of mnist, mnist_shifted (the test digits shifted by "
+        "up to --translate_pixels, seeded once), affnist, affnist_regen[/config]; empty for "
+        "none. See capskeras.training.epoch_eval.",
+        check=(epoch_eval.accepts, epoch_eval.EXPECTED), resume=FREE)
+    eval_each_epoch_examples: int = setting(
+        0, "--eval_each_epoch: the first N examples of each test set; 0 for all.",
+        check=at_least(0), resume=FREE)
+    eval_each_epoch_svm_examples: int = setting(
+        5000, "--eval_each_epoch, models without class outputs (SparseCaps): fit the RBF SVM "
+        "read-out on the codes of the first N training digits after every epoch.",
+        check=at_least(1), resume=FREE)
     batch_size: int = setting(128, "Global batch size, split across replicas.", check=at_least(1))
     learning_rate: float = setting(
         1e-3, "Adam's initial learning rate.", check=(lambda v: v > 0, "a float > 0")

@@ -75,8 +75,9 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
         callbacks: Keras callbacks (`on_epoch_*`, `on_train_batch_end`, ...).
         verbose: 0 silent, 1 progress bar, 2 a line per epoch.
         jit_compile: compile the per-replica step with XLA.
-        validate: `() -> dict` of metrics on a held-out split, called at
-            every epoch's end and logged as `val_<name>`; None for none.
+        validate: `() -> dict` of metrics computed at every epoch's end
+            (a held-out split's as `val_<name>`, test sets' accuracies) and
+            logged under the names it gives; None for none.
 
     Returns:
         A dict: `epochs`, `resumed_from` (None, or `{"epoch", "step",
@@ -165,7 +166,7 @@ def train_model(model, dataset, *, strategy, batch_size, steps_per_epoch, epochs
         epoch.assign_add(1)
         step.assign(0)
         if validate is not None:
-            logs = {**logs, **{f"val_{name}": value for name, value in validate().items()}}
+            logs = {**logs, **validate()}
         callback_list.on_epoch_end(current, logs)
         history.append({"epoch": current + 1, **logs})
         save(current + 1, steps_per_epoch)

@@ -48,6 +48,7 @@ from capskeras.settings import dtype_policy
 from capskeras.tasks import InputOptions
 from capskeras.training import figures
 from capskeras.training import checkpoints
+from capskeras.training import epoch_eval
 from capskeras.training import loop
 from capskeras.training import run_dir
 from capskeras.training import run_lock
@@ -160,6 +161,8 @@ def preflight(config):
                 f"{config.experiment!r}), which has no pretraining stage; expected a model "
                 "whose task pretrains (Task.pretraining)")
         task.check_data(_input_options(config, "train"))
+        if config.eval_each_epoch:
+            epoch_eval.check_request(config, task)
         task.tfds_split("train", _input_options(config, "train"))  # validation_examples fits
         if config.cpu_devices:
             strategies.split_host_cpu(config.cpu_devices)
@@ -235,12 +238,23 @@ class _Run:
             model = _compile(model, config, steps_per_epoch)
         data = self.task.images("train", options, shuffle=True).map(model.make_example)
         callbacks = list(callbacks)
-        validate = None
+        evaluations = []  # Each `(local model) -> {name: value}`, after every epoch.
         if self.chief and config.validation_examples:
             validation = self._data(model, "validation")
+            evaluations.append(lambda local: {
+                f"val_{name}": value for name, value in _evaluate(local, validation).items()})
+        if self.chief and config.eval_each_epoch and stage_name is None:
+            try:
+                evaluations.append(epoch_eval.EpochEvaluation(config, self.task, model))
+            except ImportError as error:
+                raise ConfigurationError(str(error)) from error
+        validate = None
+        if evaluations:
 
             def validate():
-                return _evaluate(self._local(model), validation)
+                local = self._local(model)
+                return {name: value for evaluate in evaluations
+                        for name, value in evaluate(local).items()}
         if self.chief:
             log_dir = os.path.join(config.model_dir, "logs", stage_name or "")
             callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
