@@ -211,8 +211,8 @@ def save_code_svm(classifier, directory):
         The paths of the two files written.
 
     Raises:
-        ValueError: another kernel, sparse support vectors, `break_ties`, or
-            an unfitted classifier.
+        ValueError: another kernel, a gamma given by name ("scale", "auto"),
+            sparse support vectors, `break_ties`, or an unfitted classifier.
     """
     if getattr(classifier, "kernel", None) != "rbf":
         raise ValueError(f"Received: kernel={getattr(classifier, 'kernel', None)!r}; "
@@ -231,9 +231,10 @@ def save_code_svm(classifier, directory):
         # scikit-learn negates libsvm's two-class coefficients and intercept
         # in its public attributes (its decision is positive for classes_[1]).
         dual_coef, intercept = -dual_coef, -intercept
-    # The gamma the fit used: the number given, or the one scikit-learn
-    # worked out from the codes for "scale" and "auto".
-    gamma = classifier.gamma if not isinstance(classifier.gamma, str) else classifier._gamma
+    gamma = classifier.gamma
+    if isinstance(gamma, str):  # scikit-learn keeps the value it worked out private.
+        raise ValueError(f"Received: an SVC fitted with gamma={gamma!r}; expected one fitted "
+                         "with a number (> 0), as fit_svm fits it")
     arrays = {
         "support_vectors": np.asarray(classifier.support_vectors_, "float64"),
         "dual_coef": dual_coef,
