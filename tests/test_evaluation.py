@@ -333,6 +333,9 @@ def test_perturbation_figure_tool(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == str(output)
     assert output.read_bytes()[:8] == PNG_MAGIC
+    drawn_from = json.loads(output.with_suffix(".json").read_text())
+    assert len(drawn_from["labels"]) == 2 and len(drawn_from["pixel_change_by_dimension"][0]) == 16
+    assert np.load(output.with_suffix(".npz"))["images"].shape[:3] == (2, 16, 11)
     missing = subprocess.run(
         [sys.executable, tool, f"--model_dir={tmp_path / 'nothing'}"],
         capture_output=True, text=True, timeout=300,
