@@ -125,14 +125,20 @@ def test_the_readme_family_trains_exports_and_meets_every_tool(tmp_path, family)
 
 
 def _evaluate(model_dir, output_dir):
-    """`capskeras-eval --models=<model_dir> --datasets=mnist` through its main function."""
-    flags.FLAGS.unparse_flags()
+    """`capskeras-eval --models=<model_dir> --datasets=mnist` through its main function.
+
+    Its flags go on a FlagValues of their own: the heads tool's, parsed
+    earlier in this process, share names with them.
+    """
+    values = flags.FlagValues()
+    evaluate.define_flags(values)
+    values(["capskeras-eval", f"--models={model_dir}", "--datasets=mnist",
+            "--eval_examples=32", f"--output_dir={output_dir}"])
+    global_flags, evaluate.FLAGS = evaluate.FLAGS, values
     try:
-        flags.FLAGS(["capskeras-eval", f"--models={model_dir}", "--datasets=mnist",
-                     "--eval_examples=32", f"--output_dir={output_dir}"])
         return evaluate.main(["capskeras-eval"])
     finally:
-        flags.FLAGS.unparse_flags()
+        evaluate.FLAGS = global_flags
 
 
 def test_check_supports_names_what_a_model_lacks():

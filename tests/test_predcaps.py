@@ -191,7 +191,7 @@ def test_feedback_iterations_validation():
         PredCapsEncoder(lifetime=("boost", "boost"))
 
 
-def test_the_top_layer_ranks_standardized_scores_and_old_configs_keep_boosting():
+def test_the_top_layer_ranks_standardized_scores():
     encoder = PredCapsEncoder(seed=0)
     assert [layer.lifetime for layer in encoder.pred_caps_layers] == [
         "boost", "boost", "standardize"]
@@ -199,8 +199,6 @@ def test_the_top_layer_ranks_standardized_scores_and_old_configs_keep_boosting()
             ] == ["standardize"] * 3
     config = encoder.get_config()
     assert PredCapsEncoder.from_config(config).lifetime == encoder.lifetime
-    del config["lifetime"]
-    assert PredCapsEncoder.from_config(config).lifetime == ("boost",) * 3
 
 
 def _study(head):

@@ -1,7 +1,7 @@
 """Accuracy parity of mixed_bfloat16 against float32: short runs per model family.
 
     python tools/precision_parity.py --families=capsnet,study,em,p4cnn \
-        --train_examples=3000 --epochs=1 --seeds=0,1 --output=/tmp/parity/parity.json
+        --train_examples=3000 --epochs=1 --seeds=0,1 --output=runs/precision_parity/parity.json
 
 For each family (its experiment's flagfile, below) and seed, trains the
 model with the trainer (`capskeras.training.train`) once per precision in
