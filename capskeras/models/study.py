@@ -20,6 +20,11 @@ def _fold(layer):
 class StudyModel(keras.Model):
     """An encoder followed by a head, with the encoder optionally frozen.
 
+    The generic encoder-under-a-head model: the study's encoders under its
+    class and reconstruction heads, and LeNet5, the CNN baseline, P4CNN and
+    Z2CNN under a classifier. (Its name is kept because saved `.keras`
+    files record it.)
+
     A frozen encoder is not trainable, runs in inference mode and sits
     behind a `StopGradient`, so `fit` trains the head alone and the
     encoder's weights never change.
@@ -44,6 +49,7 @@ class StudyModel(keras.Model):
     >>> model.compile("adam", model.default_loss(), metrics=model.default_metrics())
 
     Reference:
+        The encoder-and-head protocol of the equivariance study follows
         Rawlinson, Ahmed and Kowadlo, "Sparse Unsupervised Capsules
         Generalize Better", 2018.
     """
